@@ -1,0 +1,39 @@
+"""What a job spec may name: strategies and backbones."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from app import engine
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+class StrategyOut(BaseModel):
+    name: str
+    options: list[str]
+
+
+class BackbonesOut(BaseModel):
+    source: str
+    names: list[str]
+
+
+@router.get("/strategies", response_model=list[StrategyOut], summary="Transfer strategies")
+def list_strategies() -> list[StrategyOut]:
+    return [
+        StrategyOut(name=n, options=engine.strategy_option_names(n))
+        for n in engine.list_strategies()
+    ]
+
+
+@router.get(
+    "/backbones",
+    response_model=BackbonesOut,
+    summary="timm backbone names usable as base_model 'timm:<name>'",
+)
+def list_backbones(
+    pattern: str | None = Query(None, description="shell-style filter, e.g. 'resnet*'"),
+) -> BackbonesOut:
+    return BackbonesOut(source="timm", names=engine.list_backbones(pattern))

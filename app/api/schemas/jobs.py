@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.schemas.common import ORMModel
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    image_size: int | None = Field(
+        None, ge=16, le=1024, description="square input size; default: the backbone's own"
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held out for validation when the dataset has no val/ split"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+JOB_CREATE_EXAMPLE: dict[str, Any] = {
+    "strategy": "finetune",
+    "base_model": "timm:resnet18",
+    "pretrained": True,
+    "dataset_id": "3f8e4a52-3c1f-4f7b-9a53-2f0e2b7c9d11",
+    "name": "pets",
+    "options": {"freeze_stages": 1},
+    "hyperparameters": {"epochs": 5, "batch_size": 32, "learning_rate": 0.001, "image_size": 64},
+}
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_CREATE_EXAMPLE]})
+
+    strategy: str = Field(description="GET /v1/strategies lists them", examples=["finetune"])
+    base_model: str = Field(
+        description="'timm:<name>' (GET /v1/backbones) or 'model:<model version id>'",
+        examples=["timm:resnet18"],
+        max_length=300,
+    )
+    pretrained: bool = Field(
+        True, description="timm only: start from the published weights (false: from scratch)"
+    )
+    dataset_id: uuid.UUID
+    name: str | None = Field(
+        None, max_length=200, description="model name to version under; default: dataset name"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="strategy options, e.g. {'freeze_stages': 2}"
+    )
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Progress(BaseModel):
+    epoch: int
+    total_epochs: int
+    step: int
+    total_steps: int = Field(description="steps in the current epoch")
+    fraction: float = Field(description="0..1 over the whole job")
+
+
+class JobOut(ORMModel):
+    id: uuid.UUID
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    strategy: str
+    base_model: str
+    dataset_id: uuid.UUID | None
+    spec: dict[str, Any]
+    progress: Progress
+    latest_metrics: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+    model_id: uuid.UUID | None = Field(None, description="the model version this job produced")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None = Field(None, description="running time so far or in total")
+
+
+class EpochMetricsOut(ORMModel):
+    epoch: int
+    phase: str
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    images_per_second: float
+    seconds: float
+
+
+class JobMetricsOut(BaseModel):
+    job_id: uuid.UUID
+    epochs: list[EpochMetricsOut]

@@ -1,0 +1,49 @@
+"""API tests: the real app on a real SQLite file and the real folder broker, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.migrate import upgrade
+from app.db.session import Database
+from app.main import create_app
+from app.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    s = Settings(data_dir=tmp_path / "data", loader_workers=0, progress_interval_s=0.0)
+    s.layout.ensure()
+    upgrade(s.resolved_database_url)
+    return s
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings.resolved_database_url)
+    yield database
+    database.dispose()
+
+
+def error_code(response) -> str:
+    return response.json()["error"]["code"]
+
+
+def queued_messages(settings: Settings) -> list[Path]:
+    return sorted((settings.layout.broker / "queue").glob("*.msg"))
+
+
+def upload(client: TestClient, path: Path, name: str | None = None):
+    with path.open("rb") as fh:
+        data = {"name": name} if name else {}
+        return client.post("/v1/datasets", files={"file": (path.name, fh)}, data=data)

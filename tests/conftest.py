@@ -1,0 +1,52 @@
+"""Fixtures shared by every test layer: real images from scikit-learn's digits, packed as archives."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def digit_png(image: np.ndarray, size: int = 32) -> bytes:
+    """One 8x8 digits image (values 0..16) as a greyscale PNG, upscaled to size x size."""
+    pixels = (image * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+@pytest.fixture(scope="session")
+def digits_zip(digits, tmp_path_factory) -> Callable[..., Path]:
+    """Build a zip of class folders from real digits: make(classes=(0, 1, 2), per_class=12)."""
+    images, targets = digits
+    root = tmp_path_factory.mktemp("archives")
+
+    def make(
+        classes: tuple[int, ...] = (0, 1, 2),
+        per_class: int = 12,
+        extra: dict[str, bytes] | None = None,
+        name: str = "digits.zip",
+    ) -> Path:
+        path = root / name
+        with zipfile.ZipFile(path, "w") as zf:
+            for c in classes:
+                for i, idx in enumerate(np.flatnonzero(targets == c)[:per_class]):
+                    zf.writestr(f"digit_{c}/{i:03d}.png", digit_png(images[idx]))
+            for member, data in (extra or {}).items():
+                zf.writestr(member, data)
+        return path
+
+    return make

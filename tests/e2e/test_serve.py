@@ -1,0 +1,85 @@
+"""`transferlab serve`: the embedded default (SQLite + folder broker + one worker), no services."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import zipfile
+
+import pytest
+
+from tests.e2e.conftest import (
+    BIN,
+    Service,
+    free_port,
+    start,
+    stop,
+    upload_file,
+    wait_for_job,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def test_serve_runs_the_whole_loop_without_services(tmp_path, digits_zip):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
+    env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
+    port = free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    serve = start([str(BIN / "transferlab"), "serve", "--port", str(port)], env, logs / "serve.log")
+    service = Service(url=f"http://127.0.0.1:{port}", env=env, logs=logs, processes=[serve])
+    try:
+        wait_ready(service.url, [serve], service.log_text)
+        banner = (logs / "serve.log").read_text()
+        assert "sqlite:///" in banner and str(tmp_path / "data") in banner
+        worker_pid = int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
+
+        path = digits_zip(classes=(0, 1), per_class=10, name="serve.zip")
+        with service.client() as c:
+            dataset = upload_file(c, path)
+            r = c.post(
+                "/v1/jobs",
+                json={
+                    "strategy": "finetune",
+                    "base_model": "timm:test_resnet",
+                    "pretrained": False,
+                    "dataset_id": dataset["id"],
+                    "hyperparameters": {"epochs": 1, "image_size": 32, "batch_size": 8},
+                },
+            )
+            assert r.status_code == 202, r.text
+            job = wait_for_job(c, r.json()["id"], timeout=120)
+            assert job["status"] == "succeeded", f"{job}\n{service.log_text()}"
+            png = zipfile.ZipFile(path).read("digit_0/000.png")
+            pred = c.post(
+                f"/v1/models/{job['model_id']}/predict", files=[("files", ("x.png", png))]
+            )
+            assert pred.status_code == 200, pred.text
+        assert (tmp_path / "data" / "transferlab.db").exists()
+
+        # Stopping serve (SIGTERM to it alone) also stops the worker it started.
+        os.kill(serve.pid, signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+        deadline = time.monotonic() + 30
+        while _alive(worker_pid):
+            assert time.monotonic() < deadline, "the worker outlived serve"
+            time.sleep(0.2)
+    finally:
+        stop(serve)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited, which is all that matters here.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
