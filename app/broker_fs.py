@@ -20,7 +20,7 @@ ALIAS = "transferlab-fs"
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         # A leading dot: kombu's reader matches "<anything>.<queue>.msg" after the FIRST dot,
         # which a temp name like ".<name>.tmp" never does.

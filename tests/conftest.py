@@ -1,4 +1,4 @@
-"""Fixtures shared by every test layer: real images from scikit-learn's digits, packed as archives."""
+"""Fixtures shared by every test layer: real images from scikit-learn's digits, as archives."""
 
 from __future__ import annotations
 

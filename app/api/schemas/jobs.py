@@ -57,7 +57,9 @@ class JobCreate(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="strategy options, e.g. {'freeze_stages': 2}"
     )
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    hyperparameters: Hyperparameters = Field(
+        default_factory=lambda: Hyperparameters.model_validate({})
+    )
 
 
 class Progress(BaseModel):

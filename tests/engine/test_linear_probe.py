@@ -1,0 +1,129 @@
+"""Linear probing: frozen backbone, features computed once, only the classifier trains."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from app.engine import Callback, Hyperparameters, TrainingCancelled, run_training
+from app.engine.data import ImageDataset
+from app.engine.loop import seed_everything
+from app.engine.models import create_timm_model
+from tests.engine._helpers import changed_keys, scratch, state_copy
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_train_start(self, total_epochs, steps_per_epoch):
+        self.events.append(("start", total_epochs, steps_per_epoch, time.perf_counter()))
+
+    def on_step(self, epoch, step, steps_per_epoch):
+        self.events.append(("step", epoch, step, steps_per_epoch, time.perf_counter()))
+
+    def on_epoch_end(self, metrics):
+        self.events.append(("epoch", metrics, time.perf_counter()))
+
+
+@pytest.fixture
+def count_image_reads(monkeypatch):
+    """Counts ImageDataset.__getitem__ calls: every decoded image goes through it."""
+    calls = {"n": 0}
+    original = ImageDataset.__getitem__
+
+    def counting(self, index):
+        calls["n"] += 1
+        return original(self, index)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", counting)
+    return calls
+
+
+def test_linear_probe_trains_only_the_head_on_features_computed_once(
+    small_digits, count_image_reads
+):
+    # 64 px: at 32 px the tiny model's feature pass is so cheap that fixed per-step costs compete.
+    hparams = Hyperparameters(epochs=30, batch_size=32, learning_rate=1e-2, image_size=64)
+    seed_everything(hparams.seed)  # run_training's exact starting weights
+    before = state_copy(create_timm_model("test_resnet", 10, pretrained=False))
+    recorder = Recorder()
+
+    result = run_training(
+        source=scratch(),
+        strategy="linear_probe",
+        data=small_digits,
+        hparams=hparams,
+        callbacks=[recorder],
+        device="cpu",
+    )
+
+    assert changed_keys(before, state_copy(result.model)) == {"fc.weight", "fc.bias"}
+    # 200 images, 160 train + 40 val: each decoded exactly once over 30 epochs.
+    assert count_image_reads["n"] == 200
+    history = result.history
+    assert [m.epoch for m in history] == list(range(1, 31))
+    assert {m.phase for m in history} == {"probe"}
+    assert history[-1].train_loss < history[0].train_loss
+    assert result.evaluation.accuracy == pytest.approx(history[-1].val_accuracy)
+
+    # Progress: feature batches as epoch 0 (5 train + 2 val), then 5 head steps per epoch.
+    start = recorder.events[0]
+    assert start[:3] == ("start", 30, 5)
+    steps = [e for e in recorder.events if e[0] == "step"]
+    feature_steps = [e for e in steps if e[1] == 0]
+    assert [(e[2], e[3]) for e in feature_steps] == [(i, 7) for i in range(1, 8)]
+    assert len(steps) - len(feature_steps) == 30 * 5
+
+    # The point of caching: 30 head epochs together cost less than the one feature pass. The
+    # median epoch keeps a scheduler hiccup on a shared CI machine from deciding the outcome.
+    feature_seconds = feature_steps[-1][-1] - start[-1]
+    head_seconds = 30 * statistics.median(m.seconds for m in history)
+    assert head_seconds < feature_seconds, (head_seconds, feature_seconds)
+
+
+def test_linear_probe_on_vit_uses_pre_logits_features(small_digits):
+    hparams = Hyperparameters(epochs=10, batch_size=32, learning_rate=1e-2, image_size=32)
+    seed_everything(hparams.seed)
+    reference = create_timm_model("test_vit", 10, pretrained=False)
+    reference.set_input_size(img_size=(32, 32))  # what run_training does for image_size=32
+    before = state_copy(reference)
+
+    result = run_training(
+        source=scratch("test_vit"),
+        strategy="linear_probe",
+        data=small_digits,
+        hparams=hparams,
+        device="cpu",
+    )
+    assert changed_keys(before, state_copy(result.model)) == {"head.weight", "head.bias"}
+    # 32 px with 16 px patches: a 2x2 grid + class token, resampled from the 160 px default.
+    assert tuple(result.model.pos_embed.shape) == (1, 5, 64)
+    assert result.card.preprocessing["input_size"] == [3, 32, 32]
+    assert result.history[-1].val_accuracy > 0.3  # chance is 0.1
+
+
+def test_linear_probe_honours_should_stop_during_feature_extraction(small_digits):
+    class StopAfterTwoFeatureBatches(Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, int]] = []
+
+        def on_step(self, epoch, step, steps_per_epoch):
+            self.steps.append((epoch, step))
+
+        def should_stop(self):
+            return len(self.steps) >= 2
+
+    cb = StopAfterTwoFeatureBatches()
+    with pytest.raises(TrainingCancelled, match="epoch 0, step 2/"):
+        run_training(
+            source=scratch(),
+            strategy="linear_probe",
+            data=small_digits,
+            hparams=Hyperparameters(epochs=5, batch_size=32, image_size=32),
+            callbacks=[cb],
+            device="cpu",
+        )
+    assert cb.steps == [(0, 1), (0, 2)]
