@@ -1,0 +1,194 @@
+"""Speed targets of the service, measured over its HTTP API in one run:
+
+1. training inside a job reaches >= 0.9x the images/s of a plain PyTorch loop (same timm model,
+   batch size, data, transforms and loader workers);
+2. a 30-epoch linear_probe job costs <= 1.5x one forward pass over the training images;
+3. with Redis and an idle worker, the median time from POST /v1/jobs to `running` is < 1 s.
+
+    .venv/bin/python bench/speed.py                  # about 5 minutes on 2 CPU cores
+    .venv/bin/python bench/speed.py --skip-latency   # without Postgres/Redis
+
+Run it on an otherwise idle machine: two processes that both use every core slow each other
+down several times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import timm
+import torch
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Service, load_mnist, table, write_zip
+
+from app.engine.data import create_eval_transform, create_train_transform, resolve_preprocessing
+
+PG_URL = os.environ.get("BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def dataset_zip(work: Path, n_train: int, n_val: int) -> Path:
+    images, labels = load_mnist(n_train + n_val)
+    pairs = list(zip(images, labels.tolist(), strict=True))
+    return write_zip(work / "mnist.zip", {"train": pairs[:n_train], "val": pairs[n_train:]})
+
+
+def preprocessing(backbone: str, image_size: int) -> tuple[torch.nn.Module, dict]:
+    model = timm.create_model(backbone, pretrained=False, num_classes=10)
+    cfg = resolve_preprocessing(timm.data.resolve_data_config({}, model=model), image_size)
+    return model, cfg
+
+
+def plain_loop_images_per_second(
+    train_dir: Path, backbone: str, image_size: int, batch_size: int, workers: int, epochs: int
+) -> list[float]:
+    """The baseline: the textbook PyTorch loop, nothing of ours but the same transforms."""
+    torch.manual_seed(0)
+    model, cfg = preprocessing(backbone, image_size)
+    data = ImageFolder(str(train_dir), transform=create_train_transform(cfg))
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=True, num_workers=workers,
+        persistent_workers=workers > 0,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    rates = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        rates.append(len(data) / (time.perf_counter() - start))
+    return rates
+
+
+def forward_pass_seconds(
+    train_dir: Path, backbone: str, image_size: int, batch_size: int, workers: int
+) -> float:
+    model, cfg = preprocessing(backbone, image_size)
+    data = ImageFolder(str(train_dir), transform=create_eval_transform(cfg))
+    loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
+    model.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, _ in loader:
+            model.forward_head(model.forward_features(x), pre_logits=True)
+    return time.perf_counter() - start
+
+
+def seconds_between(a: str, b: str) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def latency(n_jobs: int) -> list[list[object]]:
+    work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    tiny = dataset_zip(work, 20, 10)
+    observed, server = [], []
+    with Service(database_url=PG_URL, broker_url=REDIS_URL, TRANSFERLAB_LOADER_WORKERS="0") as svc:
+        ds = svc.upload(tiny)
+        spec = {
+            "strategy": "linear_probe", "base_model": "timm:test_resnet", "pretrained": False,
+            "dataset_id": ds["id"], "hyperparameters": {"epochs": 1, "image_size": 32},
+        }  # fmt: skip
+        for _ in range(n_jobs):
+            t0 = time.perf_counter()
+            job = svc.submit(spec)
+            while True:
+                status = svc.client.get(f"/v1/jobs/{job['id']}").json()
+                if status["status"] != "queued":
+                    break
+                time.sleep(0.005)
+            observed.append(time.perf_counter() - t0)
+            done = svc.wait(job["id"])  # the worker is idle again before the next submit
+            server.append(seconds_between(done["created_at"], done["started_at"]))
+    rows = []
+    for name, xs in (("client: POST sent -> GET shows running", observed),
+                     ("server: created_at -> started_at", server)):  # fmt: skip
+        xs = sorted(xs)
+        rows.append([name, n_jobs, f"{statistics.median(xs) * 1000:.0f} ms",
+                     f"{xs[int(0.9 * (len(xs) - 1))] * 1000:.0f} ms"])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="test_resnet")
+    parser.add_argument("--train-images", type=int, default=4000)
+    parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both sides")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--latency-jobs", type=int, default=20)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
+    archive = dataset_zip(work, args.train_images, args.val_images)
+    throughput_rows, probe_rows = [], []
+    env = {"TRANSFERLAB_LOADER_WORKERS": str(args.workers)}
+    for size in args.sizes:
+        with Service(**env) as svc:
+            ds = svc.upload(archive)
+            train_dir = Path(svc.env["TRANSFERLAB_DATA_DIR"]) / "datasets" / ds["id"] / "train"
+            hp = {"image_size": size, "batch_size": args.batch_size}
+            common = {"base_model": f"timm:{args.backbone}", "pretrained": False,
+                      "dataset_id": ds["id"]}  # fmt: skip
+            job, _ = svc.run({**common, "strategy": "finetune",
+                              "hyperparameters": {**hp, "epochs": args.epochs}})  # fmt: skip
+            epochs = svc.client.get(f"/v1/jobs/{job['id']}/metrics").json()["epochs"]
+            # The first epoch pays for worker start-up and allocator warm-up on both sides.
+            service_rate = statistics.median(e["images_per_second"] for e in epochs[1:])
+            probe_job, probe_model = svc.run(
+                {**common, "strategy": "linear_probe", "hyperparameters": {**hp, "epochs": 30}}
+            )
+            # Plain-PyTorch measurements run while the service is idle, in this process.
+            plain = plain_loop_images_per_second(
+                train_dir, args.backbone, size, args.batch_size, args.workers, args.epochs
+            )
+            forward = forward_pass_seconds(
+                train_dir, args.backbone, size, args.batch_size, args.workers
+            )
+        plain_rate = statistics.median(plain[1:])
+        throughput_rows.append([
+            f"{size}px", f"{service_rate:.0f}", f"{plain_rate:.0f}",
+            f"{service_rate / plain_rate:.2f}",
+        ])  # fmt: skip
+        job_seconds = seconds_between(probe_job["started_at"], probe_job["finished_at"])
+        train_seconds = probe_model["metrics"]["train_seconds"]
+        probe_rows.append([
+            f"{size}px", f"{forward:.2f} s", f"{train_seconds:.2f} s", f"{job_seconds:.2f} s",
+            f"{train_seconds / forward:.2f}", f"{job_seconds / forward:.2f}",
+        ])  # fmt: skip
+        print(f"{size}px done", flush=True)
+
+    n = args.train_images
+    print(
+        f"\n1. Training throughput, {args.backbone}, batch {args.batch_size}, {n} MNIST images, "
+        f"{args.workers} loader workers, median of epochs 2..{args.epochs} (target >= 0.9)"
+    )
+    print(table(["input", "job img/s", "plain loop img/s", "ratio"], throughput_rows))
+    print(f"\n2. 30-epoch linear_probe vs one forward pass over the {n} training images "
+          f"(+{args.val_images} val images in the job) (target <= 1.5)")  # fmt: skip
+    print(table(["input", "forward pass", "job train_seconds", "job wall (started->finished)",
+                 "train/forward", "wall/forward"], probe_rows))  # fmt: skip
+    if not args.skip_latency:
+        print("\n3. POST /v1/jobs -> running, Postgres + Redis + an idle Celery worker "
+              "(target: median < 1 s)")  # fmt: skip
+        print(table(["measured", "jobs", "median", "p90"], latency(args.latency_jobs)))
+
+
+if __name__ == "__main__":
+    main()
