@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from app import engine
 
@@ -11,11 +11,19 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
 class StrategyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "finetune", "options": ["freeze_stages"]}]}
+    )
+
     name: str
     options: list[str]
 
 
 class BackbonesOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"source": "timm", "names": ["resnet18", "resnet34"]}]}
+    )
+
     source: str
     names: list[str]
 

@@ -6,7 +6,11 @@ from fastapi.responses import JSONResponse
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get(
+    "/healthz",
+    summary="Liveness: the process answers",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -14,7 +18,26 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: the database and the broker are reachable",
-    responses={503: {"description": "a dependency is down; the body says which"}},
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+                }
+            }
+        },
+        503: {
+            "description": "a dependency is down; the body says which",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "not_ready",
+                        "checks": {"database": "ok", "broker": "error: OperationalError: ..."},
+                    }
+                }
+            },
+        },
+    },
 )
 def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}

@@ -134,13 +134,35 @@ def test_backbones_endpoint_filters(client):
     assert "test_resnet" in names and all(n.startswith("test_") for n in names)
 
 
-def test_openapi_documents_every_endpoint_with_a_summary():
+def _has_example(schema: dict, components: dict, depth: int = 0) -> bool:
+    """An example on the schema itself, or on what it refers to or lists (Page[...] items)."""
+    if depth > 4:
+        return False
+    if "$ref" in schema:
+        schema = components[schema["$ref"].rsplit("/", 1)[1]]
+    if "example" in schema or "examples" in schema:
+        return True
+    children = [schema.get("items", {}), *schema.get("properties", {}).values()]
+    return any(_has_example(c, components, depth + 1) for c in children if c)
+
+
+def test_openapi_documents_every_endpoint_with_a_summary_and_examples(tmp_path):
     from app.main import create_app
     from app.settings import Settings
 
-    schema = create_app(Settings(data_dir="/tmp/transferlab-openapi")).openapi()
+    schema = create_app(Settings(data_dir=tmp_path)).openapi()
+    components = schema["components"]["schemas"]
     for path, ops in schema["paths"].items():
         for method, op in ops.items():
-            assert op.get("summary"), f"{method.upper()} {path} has no summary"
+            where = f"{method.upper()} {path}"
+            assert op.get("summary"), f"{where} has no summary"
+            success = next(v for k, v in op["responses"].items() if k.startswith("2"))
+            content = success.get("content", {}).get("application/json")
+            if content is not None:
+                assert "example" in content or _has_example(content["schema"], components), (
+                    f"{where}: its response has no example"
+                )
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                assert _has_example(body["schema"], components), f"{where}: body has no example"
     assert JobCreate.model_json_schema()["examples"]
-    assert "examples" in schema["components"]["schemas"]["JobCreate"]

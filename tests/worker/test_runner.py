@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 import zipfile
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -43,6 +44,8 @@ def test_finetune_job_end_to_end_in_process(client, settings, db, dataset_id, di
     assert job["status"] == "succeeded" and job["error"] is None
     assert job["progress"]["epoch"] == 2 and job["progress"]["fraction"] == 1.0
     assert job["duration_seconds"] > 0
+    for key in ("created_at", "started_at", "finished_at"):  # UTC offsets, even on SQLite
+        assert datetime.fromisoformat(job[key]).utcoffset() == timedelta(0)
     metrics = client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(m["images_per_second"] > 0 and m["train_loss"] > 0 for m in metrics)
@@ -69,6 +72,10 @@ def test_finetune_job_end_to_end_in_process(client, settings, db, dataset_id, di
         assert len(p["top_k"]) == 2
         assert p["top_k"][0]["probability"] >= p["top_k"][1]["probability"]
         assert p["top_k"][0]["label"] in model["class_names"]
+    # The loaded model is cached in the API process: a second request reads no weights.
+    again = client.post(f"/v1/models/{model['id']}/predict", files=files, params={"top_k": 2})
+    assert again.json() == r.json()
+    assert client.app.state.model_cache.loads == 1
 
     # Download: a zip holding the weights and the card.
     d = client.get(f"/v1/models/{model['id']}/download")

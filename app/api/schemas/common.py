@@ -1,10 +1,20 @@
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from datetime import datetime, timezone
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns; every timestamp is
+    # stored in UTC, so say so, and clients always get an offset (…Z) whatever the database.
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class ORMModel(BaseModel):

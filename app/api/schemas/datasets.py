@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from app.api.schemas.common import ORMModel
+from app.api.schemas.common import ORMModel, UTCDateTime
 
 DATASET_EXAMPLE: dict[str, Any] = {
     "id": "3f8e4a52-3c1f-4f7b-9a53-2f0e2b7c9d11",
@@ -36,7 +35,7 @@ class DatasetOut(ORMModel):
     report: dict[str, Any] = Field(
         description="classes, images per class per split, and each rejected file with its reason"
     )
-    created_at: datetime
+    created_at: UTCDateTime
 
     model_config = ConfigDict(
         from_attributes=True, json_schema_extra={"examples": [DATASET_EXAMPLE]}

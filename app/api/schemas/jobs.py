@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.schemas.common import ORMModel
+from app.api.schemas.common import ORMModel, UTCDateTime
 
 
 class Hyperparameters(BaseModel):
@@ -70,7 +69,37 @@ class Progress(BaseModel):
     fraction: float = Field(description="0..1 over the whole job")
 
 
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "5d0e6c1a-8f0b-4d3e-9a4c-1b2c3d4e5f60",
+    "status": "running",
+    "strategy": "finetune",
+    "base_model": "timm:resnet18",
+    "dataset_id": "3f8e4a52-3c1f-4f7b-9a53-2f0e2b7c9d11",
+    "spec": JOB_CREATE_EXAMPLE,
+    "progress": {"epoch": 3, "total_epochs": 5, "step": 40, "total_steps": 120, "fraction": 0.4667},
+    "latest_metrics": {
+        "epoch": 2,
+        "phase": "train",
+        "train_loss": 0.41,
+        "val_loss": 0.38,
+        "val_accuracy": 0.88,
+        "learning_rate": 0.001,
+        "images_per_second": 412.0,
+        "seconds": 31.5,
+    },
+    "error": None,
+    "cancel_requested": False,
+    "model_id": None,
+    "created_at": "2026-11-29T10:00:00Z",
+    "started_at": "2026-11-29T10:00:01Z",
+    "finished_at": None,
+    "duration_seconds": 75.2,
+}
+
+
 class JobOut(ORMModel):
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     id: uuid.UUID
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     strategy: str
@@ -82,9 +111,9 @@ class JobOut(ORMModel):
     error: str | None
     cancel_requested: bool
     model_id: uuid.UUID | None = Field(None, description="the model version this job produced")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
     duration_seconds: float | None = Field(None, description="running time so far or in total")
 
 
@@ -100,5 +129,11 @@ class EpochMetricsOut(ORMModel):
 
 
 class JobMetricsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"job_id": JOB_EXAMPLE["id"], "epochs": [JOB_EXAMPLE["latest_metrics"]]}]
+        }
+    )
+
     job_id: uuid.UUID
     epochs: list[EpochMetricsOut]
