@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(
         default=2.0, description="how often a running job writes its step progress"
     )
+    stale_job_after_s: float = Field(
+        default=600.0,
+        description="a running job without a heartbeat for this long is failed when a worker "
+        "starts (its worker died)",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

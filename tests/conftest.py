@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["tests.e2e.conftest"]  # postgres_url / redis_url for tests outside tests/e2e
+
 
 def digit_png(image: np.ndarray, size: int = 32) -> bytes:
     """One 8x8 digits image (values 0..16) as a greyscale PNG, upscaled to size x size."""

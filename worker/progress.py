@@ -11,8 +11,9 @@ from app.db.repositories import jobs as repo
 from app.db.session import Database
 from app.engine import Callback, EpochMetrics
 
-# How often a running job asks the database whether it was cancelled. A cancel takes effect
-# within about this long; one indexed primary-key read per second is noise next to training.
+# How often a running job beats its heartbeat and learns whether it was cancelled (one UPDATE ...
+# RETURNING by primary key). A cancel takes effect within about this long; one statement a
+# second is noise next to training.
 CANCEL_POLL_S = 1.0
 
 
@@ -57,6 +58,6 @@ class DatabaseProgress(Callback):
         now = time.monotonic()
         if not self._cancelled and now - self._last_poll >= CANCEL_POLL_S:
             with self.db.session_scope() as session:
-                self._cancelled = repo.cancel_requested(session, self.job_id)
+                self._cancelled = repo.heartbeat(session, self.job_id)
             self._last_poll = now
         return self._cancelled

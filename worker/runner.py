@@ -7,6 +7,7 @@ import platform
 import shutil
 import uuid
 from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,22 @@ def _register_model(
 
 def _latest(result: TrainResult) -> dict:
     return asdict(result.history[-1]) if result.history else {}
+
+
+def fail_stale_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
+    """Fail running jobs whose worker died (no heartbeat for ``stale_job_after_s``).
+
+    Called when a worker starts. Failing rather than requeueing is deliberate: a job that killed
+    its worker (out of memory, say) would otherwise kill the next one too.
+    """
+    limit = settings.stale_job_after_s
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=limit)
+    message = (
+        f"the worker running this job stopped without finishing it (no heartbeat for over "
+        f"{limit:.0f} s: killed, out of memory, or its machine went away); submit the job again"
+    )
+    with db.session_scope() as session:
+        stale = jobs_repo.fail_stale(session, cutoff, message)
+    for job_id in stale:
+        log.warning("job %s failed: %s", job_id, message)
+    return stale

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -40,9 +41,39 @@ def claim(session: Session, job_id: uuid.UUID) -> bool:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued.value)
-        .values(status=JobStatus.running.value, started_at=utcnow())
+        .values(status=JobStatus.running.value, started_at=utcnow(), heartbeat_at=utcnow())
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def heartbeat(session: Session, job_id: uuid.UUID) -> bool:
+    """Record that the job's worker is alive; return whether a cancel was requested."""
+    flag = session.scalar(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(heartbeat_at=utcnow())
+        .returning(Job.cancel_requested)
+    )
+    return bool(flag)
+
+
+def fail_stale(session: Session, older_than: datetime, message: str) -> list[uuid.UUID]:
+    """running jobs whose heartbeat is older than ``older_than`` -> failed, with ``message``."""
+    stale = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status == JobStatus.running.value, Job.heartbeat_at < older_than
+            )
+        )
+    )
+    if stale:
+        # The status guard again: a job that finished in the meantime keeps its real outcome.
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(stale), Job.status == JobStatus.running.value)
+            .values(status=JobStatus.failed.value, error=message, finished_at=utcnow())
+        )
+    return stale
 
 
 def finish(
@@ -75,10 +106,6 @@ def request_cancel(session: Session, job_id: uuid.UUID) -> bool:
         .values(cancel_requested=True)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
-
-
-def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 def set_progress(session: Session, job_id: uuid.UUID, **values: Any) -> None:
