@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+# ../shared/data/mnist beside the checkout; MNIST_DIR points elsewhere (e.g. from a clone in /tmp).
+MNIST_DIR = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
 BIN = Path(sys.executable).parent
 
 
