@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, status
@@ -21,7 +22,7 @@ JobStatusQuery = Query(
 )
 
 
-def to_out(job: Job, session: SessionDep) -> JobOut:
+def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
     steps = max(job.total_steps, 1)
     done_epochs = max(job.epoch - 1, 0) + (job.step / steps if job.epoch else 0)
     fraction = min(done_epochs / job.total_epochs, 1.0) if job.total_epochs else 0.0
@@ -31,7 +32,6 @@ def to_out(job: Job, session: SessionDep) -> JobOut:
     duration = None
     if job.started_at and end:
         duration = (_aware(end) - _aware(job.started_at)).total_seconds()
-    model = models_repo.get_by_job(session, job.id) if job.status == "succeeded" else None
     return JobOut(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
@@ -49,12 +49,16 @@ def to_out(job: Job, session: SessionDep) -> JobOut:
         latest_metrics=job.latest_metrics,
         error=job.error,
         cancel_requested=job.cancel_requested,
-        model_id=model.id if model else None,
+        model_id=model_id,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
         duration_seconds=duration,
     )
+
+
+def job_out(job: Job, session: SessionDep) -> JobOut:
+    return to_out(job, models_repo.ids_by_job(session, [job.id]).get(job.id))
 
 
 def _aware(dt: datetime) -> datetime:
@@ -88,7 +92,7 @@ def create_job(body: JobCreate, session: SessionDep, queue: QueueDep) -> JobOut:
             "check TRANSFERLAB_BROKER_URL and GET /readyz, then submit again",
             details={"job_id": str(job.id)},
         ) from exc
-    return to_out(job, session)
+    return job_out(job, session)
 
 
 @router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
@@ -99,7 +103,8 @@ def list_jobs(
     offset: int = Query(0, ge=0),
 ) -> Page[JobOut]:
     rows, total = repo.list_(session, status=status, limit=limit, offset=offset)
-    items = [to_out(j, session) for j in rows]
+    model_ids = models_repo.ids_by_job(session, [j.id for j in rows])
+    items = [to_out(j, model_ids.get(j.id)) for j in rows]
     return Page[JobOut](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -110,7 +115,7 @@ def list_jobs(
     summary="A job: status, progress, latest metrics, timings, error",
 )
 def get_job(job: ValidJob, session: SessionDep) -> JobOut:
-    return to_out(job, session)
+    return job_out(job, session)
 
 
 @router.get(
@@ -136,4 +141,4 @@ def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
     ),
 )
 def cancel_job(job: ValidJob, session: SessionDep) -> JobOut:
-    return to_out(service.cancel_job(session, job.id), session)
+    return job_out(service.cancel_job(session, job.id), session)

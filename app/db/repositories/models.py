@@ -19,6 +19,16 @@ def get_by_job(session: Session, job_id: uuid.UUID) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
 
 
+def ids_by_job(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """{job id: model version id} for those of ``job_ids`` that produced a model, in one query."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(ModelVersion.job_id, ModelVersion.id).where(ModelVersion.job_id.in_(job_ids))
+    )
+    return {job_id: model_id for job_id, model_id in rows if job_id is not None}
+
+
 def list_(
     session: Session, *, name: str | None, limit: int, offset: int
 ) -> tuple[Sequence[ModelVersion], int]:
