@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["tests.e2e.conftest"]  # postgres_url / redis_url for tests outside tests/e2e
+from tests.services import postgres_url, redis_url  # noqa: F401  (fixtures for every layer)
 
 
 def digit_png(image: np.ndarray, size: int = 32) -> bytes:

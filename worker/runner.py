@@ -14,7 +14,6 @@ from typing import Any
 import timm
 import torch
 import torchvision
-from app.storage.datasets import load_manifest
 from sqlalchemy.exc import IntegrityError
 
 import app
@@ -33,6 +32,7 @@ from app.engine import (
     save_artifact,
 )
 from app.settings import Settings
+from app.storage.datasets import load_manifest
 from worker.progress import DatabaseProgress
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,10 @@ class Callback:
     """Base class: every hook is a no-op. Subclass and override what you need.
 
     ``on_step(epoch, step, steps_per_epoch)``: ``step`` is 1-based; it runs after each optimizer
-    step. ``linear_probe`` also reports its one feature-extraction pass as ``epoch == 0`` whose
-    ``steps_per_epoch`` is the number of feature batches (train and validation together).
+    step. ``linear_probe`` and ``lp_ft`` also report their one feature-extraction pass as
+    ``epoch == 0`` whose ``steps_per_epoch`` is the number of feature batches (train and
+    validation together). ``on_train_start`` runs once per job; ``lp_ft``'s phases differ in
+    steps per epoch, which every ``on_step`` call carries.
     """
 
     def on_train_start(self, total_epochs: int, steps_per_epoch: int) -> None:

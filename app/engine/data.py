@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import transforms
 
 from app.engine.errors import EngineError
@@ -64,15 +64,32 @@ def create_eval_transform(preprocessing: Mapping[str, Any]) -> Transform:
     return _compose(create_transform(**_timm_kwargs(preprocessing), is_training=False))
 
 
-def create_train_transform(preprocessing: Mapping[str, Any]) -> Transform:
-    """timm's default training augmentation at the job's input size.
+def create_train_transform(
+    preprocessing: Mapping[str, Any], augmentation: str = "default"
+) -> Transform:
+    """The training transform of an ``augmentation`` preset at the job's input size.
 
-    NOTE this is RandomResizedCrop(scale=(0.08, 1)) + horizontal flip + colour jitter, tuned for
-    ImageNet-sized photos. On tiny images (8x8 digits upscaled) an 8% crop keeps only a few source
-    pixels, and flips do not preserve every class (digits); it still learns, but a gentler recipe
-    per dataset is the obvious next knob.
+    - "default": timm's training transform, RandomResizedCrop(scale=(0.08, 1)) + horizontal flip
+      + colour jitter, tuned for ImageNet-sized photos. On tiny images (8x8 digits upscaled) an 8%
+      crop keeps only a few source pixels, and flips do not preserve every class (digits).
+    - "none": the eval transform (resize + centre crop).
+    - "light": RandomResizedCrop(scale=(0.6, 1)) only: no flips, no colour jitter. For digits,
+      text and other data where a flip changes the class.
+    - "strong": timm's defaults plus RandAugment ("rand-m9-mstd0.5", which replaces the colour
+      jitter), the recipe timm trains ImageNet models with.
     """
-    return _compose(create_transform(**_timm_kwargs(preprocessing), is_training=True))
+    kwargs = _timm_kwargs(preprocessing)
+    if augmentation == "none":
+        return create_eval_transform(preprocessing)
+    if augmentation == "light":
+        kwargs.update(scale=(0.6, 1.0), hflip=0.0, color_jitter=None)
+    elif augmentation == "strong":
+        kwargs.update(auto_augment="rand-m9-mstd0.5")
+    elif augmentation != "default":
+        raise EngineError(
+            f"Unknown augmentation {augmentation!r}; use default, none, light or strong."
+        )
+    return _compose(create_transform(**kwargs, is_training=True))
 
 
 class ImageReadError(EngineError):
@@ -202,14 +219,52 @@ def create_loader(
     )
 
 
+def balanced_sample_weights(labels: Sequence[int]) -> torch.Tensor:
+    """Per-sample weights 1 / (images of its class): every class is drawn equally often."""
+    targets = torch.as_tensor(list(labels), dtype=torch.int64)
+    counts = torch.bincount(targets)
+    return (1.0 / counts.double())[targets]
+
+
 def create_train_loader(
-    dataset: Dataset, batch_size: int, *, device: torch.device, seed: int, num_workers: int
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    device: torch.device,
+    seed: int,
+    num_workers: int,
+    sampler: str = "shuffle",
 ) -> DataLoader:
-    """Shuffled, seeded training batches.
+    """Seeded training batches: shuffled, or class-balanced (``sampler="balanced"``: each epoch
+    draws ``len(dataset)`` samples with replacement, every class equally likely).
 
     A trailing batch of exactly one image is dropped: BatchNorm in train mode cannot normalise a
     single sample after global pooling and raises. Any larger remainder is kept.
     """
+    n = len(dataset)  # type: ignore[arg-type]
+    drop_last = n % batch_size == 1 and n > 1
+    if sampler == "balanced":
+        samples = getattr(dataset, "samples", None)
+        if samples is None:
+            raise EngineError("A balanced sampler needs a dataset of (path, label) samples.")
+        # One generator draws the sampler's indices and the workers' base seed, in a fixed order,
+        # so the run repeats exactly with or without loader workers.
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=WeightedRandomSampler(
+                balanced_sample_weights([label for _, label in samples]),  # type: ignore[arg-type]
+                num_samples=n,
+                replacement=True,
+                generator=generator,
+            ),
+            generator=generator,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            drop_last=drop_last,
+            persistent_workers=num_workers > 0,
+        )
     return create_loader(
         dataset,
         batch_size,
@@ -217,6 +272,6 @@ def create_train_loader(
         shuffle=True,
         seed=seed,
         num_workers=num_workers,
-        drop_last=len(dataset) % batch_size == 1 and len(dataset) > 1,  # type: ignore[arg-type]
+        drop_last=drop_last,
         persistent_workers=True,
     )

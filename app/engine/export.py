@@ -14,11 +14,16 @@ from torch import nn
 
 from app.engine.data import create_eval_transform
 from app.engine.errors import EngineError
+from app.engine.heads import build_probed_model, is_probed
 from app.engine.loop import Runtime, resolve_device
 from app.engine.models import create_timm_model, set_input_size
 from app.engine.specs import ModelCard
 
-FORMAT_VERSION = 1
+# Version 2 adds the probe entries of the card (app.engine.heads). Plain models are still written
+# as version 1, so services that predate version 2 keep reading them; a version-2 artifact tells
+# such a service to upgrade instead of failing to load its weights.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 PREDICT_BATCH = 64  # bounds memory for large requests; the serving layer batches across requests
@@ -45,7 +50,8 @@ def save_artifact(model: nn.Module, card: ModelCard, directory: Path) -> None:
     safetensors.torch.save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
     card_tmp = directory / (CARD_FILE + ".tmp")
-    card_tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, **card.to_dict()}, indent=2))
+    version = FORMAT_VERSION if is_probed(card.architecture) else 1
+    card_tmp.write_text(json.dumps({"format_version": version, **card.to_dict()}, indent=2))
     os.replace(card_tmp, directory / CARD_FILE)
 
 
@@ -60,24 +66,30 @@ def read_card(directory: Path) -> ModelCard:
     except (OSError, ValueError) as exc:
         raise EngineError(f"The model card {str(path)!r} cannot be read ({exc}).") from exc
     version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise EngineError(
             f"The artifact in {str(directory)!r} has format_version {version!r}; this engine "
-            f"reads version {FORMAT_VERSION}. Upgrade the service or re-export the model."
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}. Upgrade the service or "
+            "re-export the model."
         )
     return ModelCard.from_dict(raw)
 
 
 def load_artifact(directory: Path, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model described by the card, load its weights strictly; eval mode."""
+    """Rebuild the model described by the card, load its weights strictly; eval mode.
+
+    A linear_probe model with an MLP head or stage features comes back as a ``ProbedModel``.
+    """
     directory = Path(directory)
     card = read_card(directory)
-    model = create_timm_model(
+    model: nn.Module = create_timm_model(
         card.architecture["name"], int(card.architecture["num_classes"]), pretrained=False
     )
     input_size = card.preprocessing["input_size"]
     built_for = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", input_size)
     set_input_size(model, built_for, input_size)
+    if is_probed(card.architecture):
+        model = build_probed_model(model, card.architecture)
     try:
         state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE), device="cpu")
         model.load_state_dict(state, strict=True)

@@ -1,9 +1,11 @@
-"""Epoch loops and the pieces they share: device, seeding, autocast, optimizer.
+"""Epoch loops and the pieces they share: device, seeding, autocast, loss.
 
 The loop is benchmarked against a plain PyTorch loop and must keep >= 0.9x its images/sec, so a
 step does only what a plain loop does plus cheap callback calls. The loss is accumulated as a
 device tensor and read once per epoch: a per-step ``.item()`` would force a host/device sync every
-step and stall the CUDA queue.
+step and stall the CUDA queue. The optional parts of a step (gradient clipping, a penalty's
+proximal step) are fused foreach kernels that queue on the device without a sync either; the
+learning-rate schedule is applied between epochs (``app.engine.optim``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from app.engine.callbacks import CallbackList
 from app.engine.errors import EngineError
+from app.engine.optim import create_optimizer, current_lr  # noqa: F401  (their former home)
 from app.engine.specs import Hyperparameters
 
 
@@ -57,11 +60,12 @@ class Runtime:
     bf16: bool = False  # autocast forward passes to bfloat16
 
     @classmethod
-    def on(cls, device: torch.device) -> Runtime:
+    def on(cls, device: torch.device, amp: bool = True) -> Runtime:
         # bf16 needs no loss scaling; GPUs without native bf16 (before Ampere, capability 8.0)
         # run fp32 rather than fp16 + GradScaler. CPU runs fp32: CPU autocast is slower for the
-        # small convolutions of most backbones. Decided once, not per step.
-        bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+        # small convolutions of most backbones. Decided once, not per step. amp=False (the
+        # job's hyperparameter) runs fp32 everywhere.
+        bf16 = amp and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
         return cls(device=device, bf16=bf16)
 
     @property
@@ -77,47 +81,23 @@ class Runtime:
         return tensor.to(self.device, non_blocking=self.non_blocking)
 
 
-def create_optimizer(
-    params: Iterable[nn.Parameter], hparams: Hyperparameters
-) -> torch.optim.Optimizer:
-    """The job's optimizer over trainable parameters only.
-
-    Weight decay skips biases and normalisation weights (1-D tensors), as timm's training recipes
-    do: decaying a BatchNorm scale towards zero only fights the normalisation.
-    """
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise EngineError("Nothing to train: every parameter of the model is frozen.")
-    groups: list[dict] = [{"params": params}]
-    if hparams.weight_decay > 0:
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        groups = [
-            {"params": decay, "weight_decay": hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        groups = [g for g in groups if g["params"]]
-    lr = hparams.learning_rate
-    # One fused kernel per step instead of a multi-tensor loop: measured 25% faster for the
-    # linear probe's head on CPU, where per-step overhead is the whole cost.
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    if hparams.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=hparams.weight_decay, fused=fused)
-    if hparams.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=hparams.weight_decay, fused=fused)
-    if hparams.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=lr,
-            momentum=hparams.momentum,
-            weight_decay=hparams.weight_decay,
-            fused=fused,
-        )
-    raise EngineError(f"Unknown optimizer {hparams.optimizer!r}; use adamw, adam or sgd.")
+def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" weights ``n / (classes * n_c)``: every class then carries the
+    same total weight in the loss. A class without training images gets 1 (it is never a target;
+    the value only matters for label smoothing's share)."""
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.int64), minlength=num_classes)
+    weights = counts.sum() / (num_classes * counts.clamp(min=1)).double()
+    return torch.where(counts > 0, weights, torch.ones_like(weights)).float()
 
 
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
+def create_criterion(
+    hparams: Hyperparameters, labels: Sequence[int], num_classes: int, device: torch.device
+) -> nn.Module:
+    """The training loss: cross-entropy with the job's class weighting and label smoothing."""
+    weight = None
+    if hparams.class_weighting == "balanced":
+        weight = class_weights(labels, num_classes).to(device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=hparams.label_smoothing)
 
 
 def check_finite(loss: float, epoch: int) -> None:
@@ -144,10 +124,17 @@ def train_one_epoch(
     runtime: Runtime,
     callbacks: CallbackList,
     frozen: Iterable[nn.Module] = (),
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    grad_clip_norm: float | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainStats:
+    """One pass over ``loader``. ``frozen`` modules run in eval mode (frozen stages and BatchNorm
+    layers keep their statistics); ``after_step`` runs after each optimizer step (a penalty's
+    proximal step)."""
     model.train()
     for module in frozen:
-        module.eval()  # frozen stages keep their BatchNorm statistics
+        module.eval()
+    clip_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     steps = len(loader)
     loss_sum = torch.zeros((), device=runtime.device)
     seen = 0
@@ -156,10 +143,15 @@ def train_one_epoch(
         for step, (images, targets) in enumerate(loader, 1):
             images, targets = runtime.to(images), runtime.to(targets)
             with runtime.autocast():
-                loss = F.cross_entropy(model(images), targets)
+                loss = criterion(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip_norm is not None:
+                # Scales by min(1, max_norm / norm) on the device: no host sync.
+                nn.utils.clip_grad_norm_(clip_params, grad_clip_norm, foreach=True)
             optimizer.step()
+            if after_step is not None:
+                after_step()
             batch = targets.shape[0]
             loss_sum.add_(loss.detach(), alpha=batch)
             seen += batch

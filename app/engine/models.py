@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,6 +146,33 @@ def freeze_stages(model: nn.Module, num_stages: int) -> list[nn.Module]:
             frozen.append(module)
             inside = name + "."
     return frozen
+
+
+def match_parameters(model: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:
+    """Parameters whose names match any shell-style pattern (fnmatch: "layer1.*", "*.bn*")."""
+    named = list(model.named_parameters())
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in named):
+            examples = ", ".join(name for name, _ in named[:3])
+            raise EngineError(
+                f"freeze_patterns entry {pattern!r} matches no parameter of this model; "
+                f"parameter names look like {examples}, so e.g. {named[0][0].split('.')[0]}.* "
+                "matches a whole module."
+            )
+    return [p for name, p in named if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)]
+
+
+def batchnorm_layers(model: nn.Module, *, all_layers: bool) -> list[nn.Module]:
+    """BatchNorm layers to keep in eval mode: all of them, or those whose affine parameters are
+    all frozen. A frozen layer's running statistics are buffers that a train-mode forward would
+    still update; eval mode keeps them bitwise unchanged too."""
+    layers: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if all_layers or (params and not any(p.requires_grad for p in params)):
+                layers.append(module)
+    return layers
 
 
 def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:

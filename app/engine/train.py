@@ -14,6 +14,7 @@ from app.engine.callbacks import Callback, CallbackList
 from app.engine.data import resolve_preprocessing, split_train_val
 from app.engine.errors import EngineError
 from app.engine.export import load_artifact
+from app.engine.heads import ProbedModel
 from app.engine.loop import Runtime, resolve_device, seed_everything
 from app.engine.metrics import compute_evaluation
 from app.engine.models import create_timm_model, set_input_size
@@ -26,6 +27,9 @@ def _build_model(source: ModelSource, num_classes: int) -> tuple[nn.Module, str,
     if source.kind == "artifact":
         assert source.artifact_dir is not None  # ModelSource validates this
         loaded, card = load_artifact(source.artifact_dir)
+        if isinstance(loaded, ProbedModel):
+            # The probe's backbone is whole; the new task trains its own head (and features).
+            loaded = loaded.backbone
         model: Any = loaded  # timm API (reset_classifier) beyond nn.Module
         # New task, new head; the backbone keeps the source model's weights.
         model.reset_classifier(num_classes)
@@ -55,7 +59,7 @@ def run_training(
     plan = create_strategy(strategy, **dict(strategy_options or {}))
     if not isinstance(num_workers, int) or num_workers < 0:
         raise EngineError(f"num_workers must be an integer >= 0 (got {num_workers!r}).")
-    runtime = Runtime.on(resolve_device(device))
+    runtime = Runtime.on(resolve_device(device), amp=hparams.amp)
     train, val = split_train_val(data, hparams.val_fraction, hparams.seed)
     num_classes = len(data.class_names)
 
@@ -93,16 +97,23 @@ def run_training(
     train_seconds = time.perf_counter() - start
 
     evaluation = compute_evaluation(outcome.val_predictions, outcome.val_targets, data.class_names)
+    trained = outcome.model if outcome.model is not None else model
+    trained.cpu()
     # Strategies freeze parameters; the returned model is a plain one.
-    model.requires_grad_(True)
-    model.eval()
+    trained.requires_grad_(True)
+    trained.eval()
     card = ModelCard(
-        architecture={"library": "timm", "name": arch_name, "num_classes": num_classes},
+        architecture={
+            "library": "timm",
+            "name": arch_name,
+            "num_classes": num_classes,
+            **outcome.architecture,
+        },
         class_names=tuple(data.class_names),
         preprocessing=preprocessing,
     )
     return TrainResult(
-        model=model,
+        model=trained,
         card=card,
         history=list(outcome.history),
         evaluation=evaluation,

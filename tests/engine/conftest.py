@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from app.engine import DatasetSplits, Hyperparameters, TrainResult, run_training
+from app.engine.data import ImageDataset
 from tests.engine._helpers import CLASS_NAMES, scratch, take
 
 PER_CLASS = 60  # 600 images: enough to learn above chance in a few seconds on 2 cores
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """Engine tests run torch on one intra-op thread.
+
+    NOTE on a shared 2-core machine (CI, or several test runs at once) two OpenMP threads that
+    spin-wait for each other collapse as soon as another process holds a core: measured ~1.8 s
+    per test_resnet step instead of ~25 ms, which took this suite from ~30 s to 8 minutes. On an
+    idle machine one thread costs ~1.4x per step. Restored afterwards for the other test packages.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +71,17 @@ def finetuned(digits) -> TrainResult:
         hparams=Hyperparameters(epochs=6, batch_size=32, learning_rate=3e-3, image_size=32),
         device="cpu",
     )
+
+
+@pytest.fixture
+def count_image_reads(monkeypatch):
+    """Counts ImageDataset.__getitem__ calls: every decoded image goes through it."""
+    calls = {"n": 0}
+    original = ImageDataset.__getitem__
+
+    def counting(self, index):
+        calls["n"] += 1
+        return original(self, index)
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", counting)
+    return calls

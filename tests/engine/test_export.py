@@ -129,8 +129,8 @@ def test_load_artifact_errors_are_actionable(finetuned, tmp_path):
 
     save_artifact(finetuned.model, finetuned.card, tmp_path / "future")
     card_path = tmp_path / "future" / "model.json"
-    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "format_version": 2}))
-    with pytest.raises(EngineError, match="format_version 2"):
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "format_version": 3}))
+    with pytest.raises(EngineError, match="format_version 3"):
         load_artifact(tmp_path / "future")
 
     # Weights that do not fit the card: a card claiming 5 classes over 10-class weights.

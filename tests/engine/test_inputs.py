@@ -30,23 +30,43 @@ from tests.engine._helpers import CLASS_NAMES, scratch, take
 # --- strategies ---------------------------------------------------------------------------------
 
 
+FINETUNE_OPTIONS = [
+    "freeze_stages",
+    "freeze_patterns",
+    "freeze_bn",
+    "unfreeze_every",
+    "backbone_lr_mult",
+    "layer_decay",
+]
+
+
 def test_strategy_registry_lists_builtins_and_their_options():
-    assert list_strategies() == ["finetune", "linear_probe"]
-    assert strategy_option_names("finetune") == ["freeze_stages"]
-    assert strategy_option_names("linear_probe") == []
+    assert list_strategies() == ["finetune", "l1sp", "l2sp", "linear_probe", "lp_ft"]
+    assert strategy_option_names("finetune") == [*FINETUNE_OPTIONS, "penalty", "penalty_lambda"]
+    assert strategy_option_names("l2sp") == [*FINETUNE_OPTIONS, "alpha", "beta"]
+    assert strategy_option_names("l1sp") == [*FINETUNE_OPTIONS, "alpha", "beta"]
+    assert strategy_option_names("lp_ft") == [*FINETUNE_OPTIONS, "probe_epochs", "finetune_lr_mult"]
+    assert strategy_option_names("linear_probe") == [
+        "head",
+        "features",
+        "mlp_hidden",
+        "mlp_dropout",
+    ]
     assert create_strategy("finetune", freeze_stages=2).freeze_stages == 2
+    # JSON lists become tuples: the strategy stays hashable and immutable.
+    assert create_strategy("l2sp", freeze_patterns=["layer1.*"]).freeze_patterns == ("layer1.*",)
 
 
 def test_unknown_strategy_names_the_valid_ones(small_digits):
-    with pytest.raises(EngineError, match=r"Unknown strategy 'l2sp'.*finetune, linear_probe"):
+    with pytest.raises(EngineError, match=r"Unknown strategy 'l3sp'.*finetune, l1sp, l2sp"):
         run_training(
             source=scratch(),
-            strategy="l2sp",
+            strategy="l3sp",
             data=small_digits,
             hparams=Hyperparameters(),
             device="cpu",
         )
-    with pytest.raises(EngineError, match="finetune, linear_probe"):
+    with pytest.raises(EngineError, match="finetune, l1sp, l2sp, linear_probe, lp_ft"):
         strategy_option_names("nope")
 
 
@@ -60,7 +80,7 @@ def test_unknown_option_names_the_valid_ones(small_digits):
             strategy_options={"freeze": 1},
             device="cpu",
         )
-    with pytest.raises(EngineError, match="valid options are: none"):
+    with pytest.raises(EngineError, match="valid options are: head, features, mlp_hidden"):
         create_strategy("linear_probe", freeze_stages=1)
 
 
@@ -147,11 +167,33 @@ def test_pretrained_weights_without_network_give_a_clear_message(monkeypatch, tm
         ("val_fraction", 1.0),
         ("epochs", True),
         ("seed", -1),
+        ("early_stopping_patience", 0),
+        ("early_stopping_metric", "f1"),
+        ("class_weighting", "inverse"),
+        ("sampler", "weighted"),
+        ("augmentation", "heavy"),
+        ("label_smoothing", 1.0),
+        ("scheduler", "linear"),
+        ("warmup_epochs", -1),
+        ("warmup_epochs", 10),  # == epochs: the lr would never reach its value
+        ("step_size", 0),
+        ("gamma", 0.0),
+        ("gamma", 1.5),
+        ("grad_clip_norm", 0.0),
+        ("amp", "yes"),
     ],
 )
 def test_bad_hyperparameters_are_rejected_with_the_field_named(field, value):
     with pytest.raises(EngineError, match=field):
         Hyperparameters(**{field: value})
+
+
+def test_hyperparameter_defaults_keep_the_old_behaviour():
+    hp = Hyperparameters()
+    assert hp.early_stopping_patience is None and hp.scheduler == "constant"
+    assert hp.warmup_epochs == 0 and hp.grad_clip_norm is None and hp.label_smoothing == 0
+    assert (hp.class_weighting, hp.sampler, hp.augmentation) == ("none", "shuffle", "default")
+    assert hp.amp is True
 
 
 def test_model_source_validation(tmp_path):

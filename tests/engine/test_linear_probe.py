@@ -8,7 +8,6 @@ import time
 import pytest
 
 from app.engine import Callback, Hyperparameters, TrainingCancelled, run_training
-from app.engine.data import ImageDataset
 from app.engine.loop import seed_everything
 from app.engine.models import create_timm_model
 from tests.engine._helpers import changed_keys, scratch, state_copy
@@ -26,20 +25,6 @@ class Recorder(Callback):
 
     def on_epoch_end(self, metrics):
         self.events.append(("epoch", metrics, time.perf_counter()))
-
-
-@pytest.fixture
-def count_image_reads(monkeypatch):
-    """Counts ImageDataset.__getitem__ calls: every decoded image goes through it."""
-    calls = {"n": 0}
-    original = ImageDataset.__getitem__
-
-    def counting(self, index):
-        calls["n"] += 1
-        return original(self, index)
-
-    monkeypatch.setattr(ImageDataset, "__getitem__", counting)
-    return calls
 
 
 def test_linear_probe_trains_only_the_head_on_features_computed_once(

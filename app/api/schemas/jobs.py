@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.schemas.common import ORMModel, UTCDateTime
 
@@ -24,6 +24,39 @@ class Hyperparameters(BaseModel):
         0.2, gt=0, lt=1, description="held out for validation when the dataset has no val/ split"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="stop after this many epochs without improvement and keep the best epoch",
+    )
+    early_stopping_metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    class_weighting: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights n / (classes * n_class)"
+    )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: every class drawn equally often (with replacement)"
+    )
+    augmentation: Literal["default", "none", "light", "strong"] = Field(
+        "default",
+        description="default: timm's train transform; none: eval transform; light: 60-100% "
+        "random crop, no flips; strong: RandAugment. Not used where features are cached",
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="per-epoch learning-rate schedule after warmup_epochs"
+    )
+    warmup_epochs: int = Field(0, ge=0, le=999, description="linear warm-up; < epochs")
+    step_size: int = Field(10, ge=1, le=1000, description="scheduler 'step': epochs per decay")
+    gamma: float = Field(0.1, gt=0, le=1, description="scheduler 'step': decay factor")
+    grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm")
+    amp: bool = Field(True, description="bfloat16 autocast on CUDA GPUs that support it")
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> Hyperparameters:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError("warmup_epochs must be less than epochs")
+        return self
 
 
 JOB_CREATE_EXAMPLE: dict[str, Any] = {

@@ -4,7 +4,7 @@ options, so the option names a job may pass are exactly ``dataclasses.fields(cls
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +35,10 @@ class FitOutcome:
     # Validation predictions of the final model, so the job's Evaluation costs no extra pass.
     val_predictions: torch.Tensor
     val_targets: torch.Tensor
+    # The trained model when it is not ctx.model itself (a linear_probe with an MLP head or
+    # stage features wraps it), and the entries its card's architecture needs to rebuild it.
+    model: nn.Module | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
 
 
 class Strategy(abc.ABC):
