@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import timm
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Service, load_mnist, table, write_zip
+from _common import Service, load_mnist, seconds_between, table, write_zip
 
 from app.engine.data import create_eval_transform, create_train_transform, resolve_preprocessing
 
@@ -88,10 +87,6 @@ def forward_pass_seconds(
     return time.perf_counter() - start
 
 
-def seconds_between(a: str, b: str) -> float:
-    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
-
-
 def latency(n_jobs: int) -> list[list[object]]:
     work = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     tiny = dataset_zip(work, 20, 10)
@@ -128,7 +123,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both sides")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--latency-jobs", type=int, default=20)
