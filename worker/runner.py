@@ -22,17 +22,20 @@ from app.db.repositories import jobs as jobs_repo
 from app.db.repositories import models as models_repo
 from app.db.session import Database
 from app.engine import (
+    FEATURE_JOB,
     DatasetSplits,
     EngineError,
     Hyperparameters,
     ModelSource,
     TrainingCancelled,
     TrainResult,
+    extract_embeddings,
     run_training,
     save_artifact,
 )
 from app.settings import Settings
 from app.storage.datasets import load_manifest
+from worker.features import save_embeddings
 from worker.progress import DatabaseProgress
 
 log = logging.getLogger(__name__)
@@ -54,13 +57,17 @@ def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
             source, parent_id = _model_source(session, job)
             data, dataset = _dataset_splits(session, settings, job)
             spec = dict(job.spec)
+        progress = DatabaseProgress(db, job_id, interval_s=settings.progress_interval_s)
+        if spec["strategy"] == FEATURE_JOB:
+            _extract(settings, db, job_id, spec, source, data, dataset, progress)
+            return _finish(db, job_id, JobStatus.succeeded)
         result = run_training(
             source=source,
             strategy=spec["strategy"],
             data=data,
             hparams=Hyperparameters(**spec["hyperparameters"]),
             strategy_options=spec.get("options") or {},
-            callbacks=[DatabaseProgress(db, job_id, interval_s=settings.progress_interval_s)],
+            callbacks=[progress],
             device=settings.device,
             num_workers=settings.loader_workers,
         )
@@ -74,6 +81,44 @@ def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
         log.exception("job %s crashed", job_id)
         return _finish(
             db, job_id, JobStatus.failed, f"internal error ({type(exc).__name__}: {exc})"[:2000]
+        )
+
+
+def _extract(
+    settings: Settings,
+    db: Database,
+    job_id: uuid.UUID,
+    spec: dict,
+    source: ModelSource,
+    data: DatasetSplits,
+    dataset: Dataset,
+    progress: DatabaseProgress,
+) -> None:
+    hp = spec["hyperparameters"]
+    emb = extract_embeddings(
+        source=source,
+        data=data,
+        features=(spec.get("options") or {}).get("features", "pre_logits"),
+        image_size=hp.get("image_size"),
+        batch_size=hp["batch_size"],
+        callbacks=[progress],
+        device=settings.device,
+        num_workers=settings.loader_workers,
+        amp=hp.get("amp", True),
+        seed=hp.get("seed", 0),
+    )
+    meta = {"job_id": str(job_id), **_lineage(spec, dataset, None, settings)}
+    save_embeddings(
+        emb, settings.layout.dataset_dir(dataset.id), settings.layout.features_dir(job_id), meta
+    )
+    with db.session_scope() as session:
+        jobs_repo.set_progress(
+            session,
+            job_id,
+            latest_metrics={
+                "num_images": int(emb.features.shape[0]),
+                "dim": int(emb.features.shape[1]),
+            },
         )
 
 

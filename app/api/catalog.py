@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
-from app import engine
+from app.engine import list_backbones as list_timm_backbones
+from app.services.jobs import job_kinds, option_names
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -28,12 +29,13 @@ class BackbonesOut(BaseModel):
     names: list[str]
 
 
-@router.get("/strategies", response_model=list[StrategyOut], summary="Transfer strategies")
+@router.get(
+    "/strategies",
+    response_model=list[StrategyOut],
+    summary="Transfer strategies (and extract_features, the feature-extraction job)",
+)
 def list_strategies() -> list[StrategyOut]:
-    return [
-        StrategyOut(name=n, options=engine.strategy_option_names(n))
-        for n in engine.list_strategies()
-    ]
+    return [StrategyOut(name=n, options=option_names(n)) for n in job_kinds()]
 
 
 @router.get(
@@ -44,4 +46,4 @@ def list_strategies() -> list[StrategyOut]:
 def list_backbones(
     pattern: str | None = Query(None, description="shell-style filter, e.g. 'resnet*'"),
 ) -> BackbonesOut:
-    return BackbonesOut(source="timm", names=engine.list_backbones(pattern))
+    return BackbonesOut(source="timm", names=list_timm_backbones(pattern))

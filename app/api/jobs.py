@@ -5,8 +5,9 @@ import uuid
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import FileResponse
 
-from app.api.deps import QueueDep, SessionDep, ValidJob
+from app.api.deps import QueueDep, SessionDep, SettingsDep, ValidJob
 from app.api.schemas.common import Page, error_responses
 from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut, Progress
 from app.db.models import Job
@@ -127,6 +128,22 @@ def get_job(job: ValidJob, session: SessionDep) -> JobOut:
 def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
     rows = repo.metrics(session, job.id)
     return JobMetricsOut(job_id=job.id, epochs=[EpochMetricsOut.model_validate(r) for r in rows])
+
+
+@router.get(
+    "/{job_id}/features",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}}, **error_responses(404, 409)},
+    summary="Download the embeddings of an extract_features job",
+    description=(
+        "A zip of `features.npy` (N x D float32, one row per image), `index.csv` (row, split, "
+        "label, class, path inside the dataset) and `meta.json` (backbone, feature layer, "
+        "preprocessing, lineage). 409 `no_features` for other jobs or before it succeeded."
+    ),
+)
+def download_features(job: ValidJob, settings: SettingsDep) -> FileResponse:
+    bundle = service.features_bundle(job, settings.layout.features_dir(job.id))
+    return FileResponse(bundle, media_type="application/zip", filename=f"features-{job.id}.zip")
 
 
 @router.post(

@@ -6,6 +6,7 @@ the project, reads no environment variables and takes frozen dataclasses as inpu
 
 from app.engine.callbacks import Callback
 from app.engine.data import create_eval_transform
+from app.engine.embed import FEATURE_JOB, FEATURE_JOB_OPTIONS, Embeddings, extract_embeddings
 from app.engine.errors import EngineError, TrainingCancelled
 from app.engine.export import load_artifact, predict, save_artifact
 from app.engine.models import is_known_backbone, list_backbones
@@ -22,8 +23,11 @@ from app.engine.strategies import list_strategies, strategy_option_names
 from app.engine.train import run_training
 
 __all__ = [
+    "FEATURE_JOB",
+    "FEATURE_JOB_OPTIONS",
     "Callback",
     "DatasetSplits",
+    "Embeddings",
     "EngineError",
     "EpochMetrics",
     "Evaluation",
@@ -33,6 +37,7 @@ __all__ = [
     "TrainResult",
     "TrainingCancelled",
     "create_eval_transform",
+    "extract_embeddings",
     "is_known_backbone",
     "list_backbones",
     "list_strategies",

@@ -22,7 +22,7 @@ from app.engine.specs import DatasetSplits, Hyperparameters, ModelCard, ModelSou
 from app.engine.strategies import FitContext, create_strategy
 
 
-def _build_model(source: ModelSource, num_classes: int) -> tuple[nn.Module, str, dict[str, Any]]:
+def build_model(source: ModelSource, num_classes: int) -> tuple[nn.Module, str, dict[str, Any]]:
     """(model with a fresh ``num_classes`` head, architecture name, base eval data config)."""
     if source.kind == "artifact":
         assert source.artifact_dir is not None  # ModelSource validates this
@@ -65,7 +65,7 @@ def run_training(
 
     # Seed before the model is built: head initialisation draws from torch's RNG.
     seed_everything(hparams.seed)
-    model, arch_name, base_cfg = _build_model(source, num_classes)
+    model, arch_name, base_cfg = build_model(source, num_classes)
     preprocessing = resolve_preprocessing(base_cfg, hparams.image_size)
     set_input_size(model, base_cfg["input_size"], preprocessing["input_size"])
     if runtime.device.type == "cuda":

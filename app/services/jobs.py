@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import difflib
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -22,6 +24,10 @@ class JobFinished(Conflict):
     code = "job_finished"
 
 
+class NoFeatures(Conflict):
+    code = "no_features"
+
+
 class BrokerUnavailable(ServiceError):
     status_code = 503
     code = "broker_unavailable"
@@ -34,15 +40,29 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
+FEATURES_OPTION = re.compile(r"^(pre_logits|stage:\d+)$")
+
+
+def job_kinds() -> list[str]:
+    """Training strategies, and the feature-extraction job."""
+    return [*engine.list_strategies(), engine.FEATURE_JOB]
+
+
+def option_names(kind: str) -> list[str]:
+    if kind == engine.FEATURE_JOB:
+        return list(engine.FEATURE_JOB_OPTIONS)
+    return engine.strategy_option_names(kind)
+
+
 def validate_strategy(name: str, options: dict[str, Any]) -> None:
-    choices = engine.list_strategies()
+    choices = job_kinds()
     if name not in choices:
         raise InvalidInput(
             f"unknown strategy {name!r}; choose one of: {', '.join(choices)}",
             code="unknown_strategy",
             details={"field": "strategy", "choices": choices},
         )
-    allowed = engine.strategy_option_names(name)
+    allowed = option_names(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise InvalidInput(
@@ -50,6 +70,13 @@ def validate_strategy(name: str, options: dict[str, Any]) -> None:
             f"{', '.join(allowed) or '(none)'}",
             code="unknown_option",
             details={"field": "options", "choices": allowed},
+        )
+    features = options.get("features")
+    if features is not None and not FEATURES_OPTION.match(str(features)):
+        raise InvalidInput(
+            f"options.features must be 'pre_logits' or 'stage:<i>' (got {features!r})",
+            code="invalid_option",
+            details={"field": "options.features"},
         )
 
 
@@ -103,7 +130,8 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
             base_model=spec["base_model"],
             dataset_id=dataset.id,
             spec=spec,
-            total_epochs=hp["epochs"],
+            # A feature-extraction job is one pass, whatever `epochs` says.
+            total_epochs=1 if spec["strategy"] == engine.FEATURE_JOB else hp["epochs"],
         ),
     )
 
@@ -118,6 +146,22 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
         f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled",
         details={"status": job.status},
     )
+
+
+def features_bundle(job: Job, features_dir: Path) -> Path:
+    """The zip of a succeeded feature-extraction job's embeddings."""
+    if job.strategy != engine.FEATURE_JOB:
+        raise NoFeatures(
+            f"job {job.id} is a {job.strategy!r} job; only {engine.FEATURE_JOB!r} jobs store "
+            "features (its model is at GET /v1/models/<model_id>/download)"
+        )
+    bundle = features_dir / "features.zip"
+    if job.status != JobStatus.succeeded.value or not bundle.exists():
+        raise NoFeatures(
+            f"job {job.id} is {job.status}; its features can be downloaded once it succeeded",
+            details={"status": job.status},
+        )
+    return bundle
 
 
 def mark_enqueue_failed(session: Session, job: Job, cause: Exception) -> None:

@@ -28,6 +28,10 @@ class DataLayout:
         return self.root / "models"
 
     @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
@@ -41,7 +45,10 @@ class DataLayout:
     def model_dir(self, model_id: uuid.UUID | str) -> Path:
         return self.models / str(model_id)
 
+    def features_dir(self, job_id: uuid.UUID | str) -> Path:
+        return self.features / str(job_id)
+
     def ensure(self) -> DataLayout:
-        for path in (self.datasets, self.models, self.tmp, self.broker):
+        for path in (self.datasets, self.models, self.features, self.tmp, self.broker):
             path.mkdir(parents=True, exist_ok=True)
         return self

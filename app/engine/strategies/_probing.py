@@ -49,15 +49,16 @@ class Features:
     val_y: torch.Tensor
 
 
-class _Progress:
-    """Counts feature batches across the train and val passes for on_step(epoch=0, ...)."""
+class FeatureProgress:
+    """Counts feature batches for on_step(epoch, ...): epoch 0 in probes (before the head's
+    epochs), epoch 1 of 1 in a feature-extraction job."""
 
-    def __init__(self, callbacks: CallbackList, total: int) -> None:
-        self.callbacks, self.total, self.done = callbacks, total, 0
+    def __init__(self, callbacks: CallbackList, total: int, epoch: int = 0) -> None:
+        self.callbacks, self.total, self.epoch, self.done = callbacks, total, epoch, 0
 
     def step(self) -> None:
         self.done += 1
-        self.callbacks.step(0, self.done, self.total)
+        self.callbacks.step(self.epoch, self.done, self.total)
 
 
 def own_classifier(model: Any) -> nn.Module:
@@ -84,29 +85,29 @@ def head_steps_per_epoch(ctx: FitContext) -> int:
 
 
 def extract_all(ctx: FitContext, features: Callable[[torch.Tensor], torch.Tensor]) -> Features:
-    """One pass over train + val with the eval transform, reported as epoch 0 of on_step."""
+    """One pass over train + val with the eval transform, reported as epoch 0 of on_step.
+
+    NOTE one loader over both splits, not one each: every loader with workers forks and warms up
+    its worker processes, and the split is one slice of the cached tensors. MEASURE-ME
+    """
     hp, runtime = ctx.hparams, ctx.runtime
-    eval_tf = create_eval_transform(ctx.preprocessing)
-    loaders = [
-        create_loader(
-            ImageDataset(samples, eval_tf),
-            hp.batch_size,
-            device=runtime.device,
-            num_workers=ctx.num_workers,
-        )
-        for samples in (ctx.train, ctx.val)
-    ]
-    progress = _Progress(ctx.callbacks, sum(len(loader) for loader in loaders))
-    train_x, train_y = extract_features(features, loaders[0], runtime, progress)
-    val_x, val_y = extract_features(features, loaders[1], runtime, progress)
-    return Features(train_x, train_y, val_x, val_y)
+    loader = create_loader(
+        ImageDataset((*ctx.train, *ctx.val), create_eval_transform(ctx.preprocessing)),
+        hp.batch_size,
+        device=runtime.device,
+        num_workers=ctx.num_workers,
+    )
+    progress = FeatureProgress(ctx.callbacks, len(loader))
+    x, y = extract_features(features, loader, runtime, progress)
+    n = len(ctx.train)
+    return Features(x[:n], y[:n], x[n:], y[n:])
 
 
 def extract_features(
     features: Callable[[torch.Tensor], torch.Tensor],
     loader: DataLoader,
     runtime: Runtime,
-    progress: _Progress,
+    progress: FeatureProgress,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``features(images)`` for every batch, and the labels, on runtime.device."""
     out: list[torch.Tensor] = []
