@@ -5,7 +5,7 @@
    that MNIST model version, and the same training from scratch, for several seeds.
 3. Print held-out accuracy for both (mean and spread over seeds) as a Markdown table.
 
-    .venv/bin/python bench/transfer_digits.py            # about 6 minutes on 2 CPU cores
+    .venv/bin/python bench/transfer_digits.py            # about 5 minutes on 2 CPU cores
 """
 
 from __future__ import annotations

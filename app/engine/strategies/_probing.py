@@ -87,8 +87,8 @@ def head_steps_per_epoch(ctx: FitContext) -> int:
 def extract_all(ctx: FitContext, features: Callable[[torch.Tensor], torch.Tensor]) -> Features:
     """One pass over train + val with the eval transform, reported as epoch 0 of on_step.
 
-    NOTE one loader over both splits, not one each: every loader with workers forks and warms up
-    its worker processes, and the split is one slice of the cached tensors. MEASURE-ME
+    NOTE one loader over both splits, not one each: a loader with workers forks and warms up its
+    worker processes, so this pays that once per job; the split is a slice of the cached tensors.
     """
     hp, runtime = ctx.hparams, ctx.runtime
     loader = create_loader(
