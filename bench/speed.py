@@ -5,7 +5,7 @@
 2. a 30-epoch linear_probe job costs <= 1.5x one forward pass over the training images;
 3. with Redis and an idle worker, the median time from POST /v1/jobs to `running` is < 1 s.
 
-    .venv/bin/python bench/speed.py                  # about 5 minutes on 2 CPU cores
+    .venv/bin/python bench/speed.py                  # about 6 minutes on 2 CPU cores
     .venv/bin/python bench/speed.py --skip-latency   # without Postgres/Redis
 
 Run it on an otherwise idle machine: two processes that both use every core slow each other
