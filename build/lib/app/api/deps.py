@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.db.models import Dataset, Job, ModelVersion
+from app.db.session import Database
+from app.queue import JobQueue
+from app.services import datasets as dataset_service
+from app.services import jobs as job_service
+from app.services import models as model_service
+from app.serving.cache import ModelCache
+from app.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
+    """One transaction per request: committed when the handler returns, else rolled back."""
+    with db.session_scope() as session:
+        yield session
+
+
+def get_queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+
+
+def valid_dataset(dataset_id: uuid.UUID, session: SessionDep) -> Dataset:
+    return dataset_service.get_dataset(session, dataset_id)
+
+
+def valid_job(job_id: uuid.UUID, session: SessionDep) -> Job:
+    return job_service.get_job(session, job_id)
+
+
+def valid_model(model_id: uuid.UUID, session: SessionDep) -> ModelVersion:
+    return model_service.get_model(session, model_id)
+
+
+ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
+ValidJob = Annotated[Job, Depends(valid_job)]
+ValidModel = Annotated[ModelVersion, Depends(valid_model)]

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import FileResponse
+
+from app.api.deps import QueueDep, SessionDep, SettingsDep, ValidJob
+from app.api.schemas.common import Page, error_responses
+from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut, Progress
+from app.db.models import Job
+from app.db.repositories import jobs as repo
+from app.db.repositories import models as models_repo
+from app.services import jobs as service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
+
+JobStatusQuery = Query(
+    None, pattern="^(queued|running|succeeded|failed|cancelled)$", description="filter by status"
+)
+
+
+def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
+    steps = max(job.total_steps, 1)
+    done_epochs = max(job.epoch - 1, 0) + (job.step / steps if job.epoch else 0)
+    fraction = min(done_epochs / job.total_epochs, 1.0) if job.total_epochs else 0.0
+    if job.status == "succeeded":
+        fraction = 1.0
+    end = job.finished_at or (datetime.now(timezone.utc) if job.started_at else None)
+    duration = None
+    if job.started_at and end:
+        duration = (_aware(end) - _aware(job.started_at)).total_seconds()
+    return JobOut(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        strategy=job.strategy,
+        base_model=job.base_model,
+        dataset_id=job.dataset_id,
+        spec=job.spec,
+        progress=Progress(
+            epoch=job.epoch,
+            total_epochs=job.total_epochs,
+            step=job.step,
+            total_steps=job.total_steps,
+            fraction=round(fraction, 4),
+        ),
+        latest_metrics=job.latest_metrics,
+        error=job.error,
+        cancel_requested=job.cancel_requested,
+        model_id=model_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        duration_seconds=duration,
+    )
+
+
+def job_out(job: Job, session: SessionDep) -> JobOut:
+    return to_out(job, models_repo.ids_by_job(session, [job.id]).get(job.id))
+
+
+def _aware(dt: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone=True columns; they are stored as UTC.
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses=error_responses(404, 422, 503),
+    summary="Submit a training job",
+    description=(
+        "Validates the spec (strategy, backbone, hyperparameters), stores the job as `queued` "
+        "and hands its id to a worker. Poll `GET /v1/jobs/{id}` for progress."
+    ),
+)
+def create_job(body: JobCreate, session: SessionDep, queue: QueueDep) -> JobOut:
+    job = service.create_job(session, body.model_dump(mode="json"))
+    # Commit before enqueueing: a worker that picks the id up at once must find the row.
+    session.commit()
+    try:
+        queue.enqueue_job(job.id)
+    except Exception as exc:
+        log.exception("enqueue failed for job %s", job.id)
+        service.mark_enqueue_failed(session, job, exc)
+        session.commit()
+        raise service.BrokerUnavailable(
+            "the job was stored but the broker could not be reached, so it was marked failed; "
+            "check TRANSFERLAB_BROKER_URL and GET /readyz, then submit again",
+            details={"job_id": str(job.id)},
+        ) from exc
+    return job_out(job, session)
+
+
+@router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    status: str | None = JobStatusQuery,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> Page[JobOut]:
+    rows, total = repo.list_(session, status=status, limit=limit, offset=offset)
+    model_ids = models_repo.ids_by_job(session, [j.id for j in rows])
+    items = [to_out(j, model_ids.get(j.id)) for j in rows]
+    return Page[JobOut](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses=error_responses(404),
+    summary="A job: status, progress, latest metrics, timings, error",
+)
+def get_job(job: ValidJob, session: SessionDep) -> JobOut:
+    return job_out(job, session)
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=JobMetricsOut,
+    responses=error_responses(404),
+    summary="Per-epoch metrics: losses, validation accuracy, learning rate, images/s",
+)
+def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
+    rows = repo.metrics(session, job.id)
+    return JobMetricsOut(job_id=job.id, epochs=[EpochMetricsOut.model_validate(r) for r in rows])
+
+
+@router.get(
+    "/{job_id}/features",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}}, **error_responses(404, 409)},
+    summary="Download the embeddings of an extract_features job",
+    description=(
+        "A zip of `features.npy` (N x D float32, one row per image), `index.csv` (row, split, "
+        "label, class, path inside the dataset) and `meta.json` (backbone, feature layer, "
+        "preprocessing, lineage). 409 `no_features` for other jobs or before it succeeded."
+    ),
+)
+def download_features(job: ValidJob, settings: SettingsDep) -> FileResponse:
+    bundle = service.features_bundle(job, settings.layout.features_dir(job.id))
+    return FileResponse(bundle, media_type="application/zip", filename=f"features-{job.id}.zip")
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses=error_responses(404, 409),
+    summary="Cancel a job",
+    description=(
+        "A queued job is cancelled at once. A running job gets `cancel_requested: true` and its "
+        "worker stops at the next step boundary, then the status becomes `cancelled`."
+    ),
+)
+def cancel_job(job: ValidJob, session: SessionDep) -> JobOut:
+    return job_out(service.cancel_job(session, job.id), session)

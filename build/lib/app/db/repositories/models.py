@@ -1,0 +1,56 @@
+"""Model version queries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db.models import ModelVersion
+
+
+def get(session: Session, model_id: uuid.UUID) -> ModelVersion | None:
+    return session.get(ModelVersion, model_id)
+
+
+def get_by_job(session: Session, job_id: uuid.UUID) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+
+
+def ids_by_job(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """{job id: model version id} for those of ``job_ids`` that produced a model, in one query."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(ModelVersion.job_id, ModelVersion.id).where(ModelVersion.job_id.in_(job_ids))
+    )
+    return {job_id: model_id for job_id, model_id in rows if job_id is not None}
+
+
+def list_(
+    session: Session, *, name: str | None, limit: int, offset: int
+) -> tuple[Sequence[ModelVersion], int]:
+    query = select(ModelVersion)
+    count = select(func.count()).select_from(ModelVersion)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+        count = count.where(ModelVersion.name == name)
+    rows = session.scalars(
+        query.order_by(ModelVersion.created_at.desc()).limit(limit).offset(offset)
+    ).all()
+    return rows, session.scalar(count) or 0
+
+
+def next_version(session: Session, name: str) -> int:
+    current = session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
+    )
+    return (current or 0) + 1
+
+
+def add(session: Session, model: ModelVersion) -> ModelVersion:
+    session.add(model)
+    session.flush()
+    return model

@@ -1,0 +1,49 @@
+"""TransferLab's ML core: transfer learning on images with timm backbones.
+
+A plain library (torch, torchvision, timm, safetensors, PIL, numpy): it imports nothing else from
+the project, reads no environment variables and takes frozen dataclasses as inputs.
+"""
+
+from app.engine.callbacks import Callback
+from app.engine.data import create_eval_transform
+from app.engine.embed import FEATURE_JOB, FEATURE_JOB_OPTIONS, Embeddings, extract_embeddings
+from app.engine.errors import EngineError, TrainingCancelled
+from app.engine.export import load_artifact, predict, save_artifact
+from app.engine.models import is_known_backbone, list_backbones
+from app.engine.specs import (
+    DatasetSplits,
+    EpochMetrics,
+    Evaluation,
+    Hyperparameters,
+    ModelCard,
+    ModelSource,
+    TrainResult,
+)
+from app.engine.strategies import list_strategies, strategy_option_names
+from app.engine.train import run_training
+
+__all__ = [
+    "FEATURE_JOB",
+    "FEATURE_JOB_OPTIONS",
+    "Callback",
+    "DatasetSplits",
+    "Embeddings",
+    "EngineError",
+    "EpochMetrics",
+    "Evaluation",
+    "Hyperparameters",
+    "ModelCard",
+    "ModelSource",
+    "TrainResult",
+    "TrainingCancelled",
+    "create_eval_transform",
+    "extract_embeddings",
+    "is_known_backbone",
+    "list_backbones",
+    "list_strategies",
+    "load_artifact",
+    "predict",
+    "run_training",
+    "save_artifact",
+    "strategy_option_names",
+]

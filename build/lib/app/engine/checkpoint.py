@@ -1,0 +1,65 @@
+"""Early stopping: the best epoch so far, its weights, and when to give up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.engine.loop import EvalStats
+from app.engine.specs import EpochMetrics, Hyperparameters
+
+
+class EarlyStopping:
+    """Keeps the state of the best epoch by ``hparams.early_stopping_metric``; says when to stop.
+
+    Does nothing without ``hparams.early_stopping_patience``: the job then returns its last epoch,
+    as it always did. "Best" is strictly better (lower val_loss, higher val_accuracy), so a tie
+    keeps the earlier epoch. The state is ``module.state_dict()`` (BatchNorm statistics included)
+    copied on the training device when an epoch improves: one model's worth of memory, and a
+    device-to-device copy instead of a host round trip. NOTE measured 0.4 ms for test_resnet on
+    2 CPU cores, against ~15 ms for one training step; only improving epochs pay it. Strategies
+    that train only a head pass the head, so the copy is tiny.
+    """
+
+    def __init__(self, module: nn.Module, hparams: Hyperparameters) -> None:
+        self.module = module
+        self.patience = hparams.early_stopping_patience
+        self.metric = hparams.early_stopping_metric
+        self.best_epoch: int | None = None
+        self.best_value: float | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+        self._val: EvalStats | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.patience is not None
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        if self.metric == "val_accuracy":
+            return value > self.best_value
+        return value < self.best_value
+
+    def update(self, metrics: EpochMetrics, val: EvalStats) -> bool:
+        """Record an epoch; True when training should stop now."""
+        if self.patience is None:
+            return False
+        value = float(getattr(metrics, self.metric))
+        if self._better(value):
+            self.best_epoch, self.best_value, self._val = metrics.epoch, value, val
+            with torch.no_grad():
+                self._state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        assert self.best_epoch is not None
+        return metrics.epoch - self.best_epoch >= self.patience
+
+    def restore(self, last: Any) -> Any:
+        """Load the best epoch's state into the module; return its EvalStats (``last`` when
+        early stopping is off)."""
+        if self._state is None or self._val is None:
+            return last
+        self.module.load_state_dict(self._state)
+        self._state = None  # free the copy
+        return self._val

@@ -1,0 +1,51 @@
+"""What a strategy receives and returns. Strategies are frozen dataclasses whose fields are their
+options, so the option names a job may pass are exactly ``dataclasses.fields(cls)``."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from app.engine.callbacks import CallbackList
+from app.engine.data import Sample
+from app.engine.loop import Runtime
+from app.engine.specs import EpochMetrics, Hyperparameters
+
+
+@dataclass(frozen=True)
+class FitContext:
+    model: nn.Module  # already on runtime.device, classifier sized for class_names
+    class_names: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    preprocessing: dict[str, Any]  # eval data config, input size applied
+    hparams: Hyperparameters
+    runtime: Runtime
+    callbacks: CallbackList
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    history: list[EpochMetrics]
+    # Validation predictions of the final model, so the job's Evaluation costs no extra pass.
+    val_predictions: torch.Tensor
+    val_targets: torch.Tensor
+    # The trained model when it is not ctx.model itself (a linear_probe with an MLP head or
+    # stage features wraps it), and the entries its card's architecture needs to rebuild it.
+    model: nn.Module | None = None
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(abc.ABC):
+    """A way to adapt a backbone to a new task. Subclasses are ``@dataclass(frozen=True)``."""
+
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def fit(self, ctx: FitContext) -> FitOutcome:
+        """Train ``ctx.model`` in place and report every epoch through ``ctx.callbacks``."""

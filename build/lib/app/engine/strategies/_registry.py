@@ -1,0 +1,62 @@
+"""Strategy registry, as timm registers models: a decorator fills a dict, factories read it."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from app.engine.errors import EngineError
+from app.engine.strategies._base import Strategy
+
+S = TypeVar("S", bound=type[Strategy])
+
+_strategies: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(name: str) -> Callable[[S], S]:
+    def decorator(cls: S) -> S:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"strategy {name!r} must be a dataclass; its fields are its options")
+        if name in _strategies and _strategies[name] is not cls:
+            warnings.warn(
+                f"strategy {name!r} is registered twice; {cls.__qualname__} replaces "
+                f"{_strategies[name].__qualname__}",
+                stacklevel=2,
+            )
+        cls.name = name
+        _strategies[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_strategies() -> list[str]:
+    return sorted(_strategies)
+
+
+def _get(name: str) -> type[Strategy]:
+    try:
+        return _strategies[name]
+    except KeyError:
+        raise EngineError(
+            f"Unknown strategy {name!r}; valid strategies are: {', '.join(list_strategies())}."
+        ) from None
+
+
+def strategy_option_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_get(name))]  # type: ignore[arg-type]
+
+
+def create_strategy(name: str, **options: Any) -> Strategy:
+    cls = _get(name)
+    valid = strategy_option_names(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        choices = ", ".join(valid) if valid else "none"
+        raise EngineError(
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for strategy {name!r}; "
+            f"valid options are: {choices}."
+        )
+    return cls(**options)

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Dataset
+from app.db.repositories import datasets as repo
+from app.errors import Conflict, NotFound, PayloadTooLarge
+from app.settings import Settings
+from app.storage.datasets import IngestLimits, ingest_archive
+
+CHUNK = 1 << 20
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class DatasetInUse(Conflict):
+    code = "dataset_in_use"
+
+
+def ingest_limits(settings: Settings) -> IngestLimits:
+    return IngestLimits(
+        max_entries=settings.max_archive_entries,
+        max_total_bytes=settings.max_extracted_bytes,
+        max_ratio=settings.max_compression_ratio,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
+def get_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset:
+    dataset = repo.get(session, dataset_id)
+    if dataset is None:
+        raise DatasetNotFound(f"dataset {dataset_id} does not exist")
+    return dataset
+
+
+def _spool(source: BinaryIO, dest: Path, max_bytes: int) -> int:
+    """Copy the upload to our own temp file in 1 MiB chunks, never holding it whole in memory."""
+    written = 0
+    with dest.open("wb") as out:
+        while chunk := source.read(CHUNK):
+            written += len(chunk)
+            if written > max_bytes:
+                raise PayloadTooLarge(
+                    f"the upload is larger than the limit of {max_bytes} bytes; split the "
+                    "dataset or raise TRANSFERLAB_MAX_UPLOAD_BYTES",
+                    code="upload_too_large",
+                    details={"limit_bytes": max_bytes},
+                )
+            out.write(chunk)
+    return written
+
+
+def create_dataset(
+    session: Session, settings: Settings, source: BinaryIO, *, filename: str, name: str | None
+) -> Dataset:
+    """Spool, extract safely, validate, then insert. On any failure nothing stays on disk."""
+    layout = settings.layout.ensure()
+    dataset_id = uuid.uuid4()
+    dest = layout.dataset_dir(dataset_id)
+    tmp = layout.tmp / f"upload-{dataset_id}"
+    try:
+        _spool(source, tmp, settings.max_upload_bytes)
+        report = ingest_archive(tmp, dest, ingest_limits(settings))
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        return repo.add(
+            session,
+            Dataset(
+                id=dataset_id,
+                name=name or _stem(filename),
+                sha256=report.sha256,
+                format=report.format,
+                num_classes=len(report.classes),
+                num_images=report.num_images,
+                size_bytes=report.total_bytes,
+                report=report.to_dict(),
+            ),
+        )
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def delete_dataset(session: Session, settings: Settings, dataset_id: uuid.UUID) -> Path:
+    """Delete the row; return the folder, which the caller removes once the delete committed."""
+    dataset = get_dataset(session, dataset_id)
+    active = repo.active_job_ids(session, dataset_id)
+    if active:
+        raise DatasetInUse(
+            f"dataset {dataset_id} is used by {len(active)} queued or running job(s); cancel "
+            "them or wait until they finish",
+            details={"job_ids": [str(j) for j in active]},
+        )
+    repo.delete(session, dataset)
+    # Files go only after the commit: a crash in between leaves an orphan folder (harmless, no
+    # row points to it) rather than a row whose files are gone.
+    return settings.layout.dataset_dir(dataset_id)
+
+
+def _stem(filename: str) -> str:
+    name = Path(filename or "dataset").name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "dataset"
+    return name or "dataset"

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import difflib
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import engine
+from app.db.models import Job, JobStatus
+from app.db.repositories import jobs as repo
+from app.db.repositories import models as models_repo
+from app.errors import Conflict, InvalidInput, NotFound, ServiceError
+from app.services.datasets import get_dataset
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class JobFinished(Conflict):
+    code = "job_finished"
+
+
+class NoFeatures(Conflict):
+    code = "no_features"
+
+
+class BrokerUnavailable(ServiceError):
+    status_code = 503
+    code = "broker_unavailable"
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = repo.get(session, job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} does not exist")
+    return job
+
+
+FEATURES_OPTION = re.compile(r"^(pre_logits|stage:\d+)$")
+
+
+def job_kinds() -> list[str]:
+    """Training strategies, and the feature-extraction job."""
+    return [*engine.list_strategies(), engine.FEATURE_JOB]
+
+
+def option_names(kind: str) -> list[str]:
+    if kind == engine.FEATURE_JOB:
+        return list(engine.FEATURE_JOB_OPTIONS)
+    return engine.strategy_option_names(kind)
+
+
+def validate_strategy(name: str, options: dict[str, Any]) -> None:
+    choices = job_kinds()
+    if name not in choices:
+        raise InvalidInput(
+            f"unknown strategy {name!r}; choose one of: {', '.join(choices)}",
+            code="unknown_strategy",
+            details={"field": "strategy", "choices": choices},
+        )
+    allowed = option_names(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InvalidInput(
+            f"strategy {name!r} has no option(s) {', '.join(unknown)}; its options are: "
+            f"{', '.join(allowed) or '(none)'}",
+            code="unknown_option",
+            details={"field": "options", "choices": allowed},
+        )
+    features = options.get("features")
+    if features is not None and not FEATURES_OPTION.match(str(features)):
+        raise InvalidInput(
+            f"options.features must be 'pre_logits' or 'stage:<i>' (got {features!r})",
+            code="invalid_option",
+            details={"field": "options.features"},
+        )
+
+
+def validate_base_model(session: Session, base_model: str) -> uuid.UUID | None:
+    """Check ``timm:<name>`` or ``model:<version id>``; return the parent model id if any."""
+    kind, _, name = base_model.partition(":")
+    if kind == "timm" and name:
+        if not engine.is_known_backbone(name):
+            choices = engine.list_backbones()
+            close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise InvalidInput(
+                f"unknown timm backbone {name!r}.{hint} GET /v1/backbones lists all "
+                f"{len(choices)} names.",
+                code="unknown_backbone",
+                details={"field": "base_model", "close_matches": close, "choices": choices},
+            )
+        return None
+    if kind == "model" and name:
+        try:
+            model_id = uuid.UUID(name)
+        except ValueError:
+            model_id = None
+        if model_id is None or models_repo.get(session, model_id) is None:
+            raise InvalidInput(
+                f"base_model {base_model!r}: no model version with id {name!r}; "
+                "GET /v1/models lists them",
+                code="base_model_not_found",
+                details={"field": "base_model"},
+            )
+        return model_id
+    raise InvalidInput(
+        f"base_model {base_model!r} must be 'timm:<model name>' (e.g. 'timm:resnet18') or "
+        "'model:<model version id>'",
+        code="invalid_base_model",
+        details={"field": "base_model"},
+    )
+
+
+def create_job(session: Session, spec: dict[str, Any]) -> Job:
+    """Validate the spec against what exists and insert the job as ``queued`` (flush only)."""
+    dataset = get_dataset(session, uuid.UUID(str(spec["dataset_id"])))
+    validate_strategy(spec["strategy"], spec.get("options") or {})
+    validate_base_model(session, spec["base_model"])
+    hp = spec["hyperparameters"]
+    return repo.add(
+        session,
+        Job(
+            status=JobStatus.queued.value,
+            strategy=spec["strategy"],
+            base_model=spec["base_model"],
+            dataset_id=dataset.id,
+            spec=spec,
+            # A feature-extraction job is one pass, whatever `epochs` says.
+            total_epochs=1 if spec["strategy"] == engine.FEATURE_JOB else hp["epochs"],
+        ),
+    )
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = get_job(session, job_id)
+    if repo.cancel_queued(session, job_id) or repo.request_cancel(session, job_id):
+        session.refresh(job)
+        return job
+    session.refresh(job)
+    raise JobFinished(
+        f"job {job_id} is already {job.status}; only queued or running jobs can be cancelled",
+        details={"status": job.status},
+    )
+
+
+def features_bundle(job: Job, features_dir: Path) -> Path:
+    """The zip of a succeeded feature-extraction job's embeddings."""
+    if job.strategy != engine.FEATURE_JOB:
+        raise NoFeatures(
+            f"job {job.id} is a {job.strategy!r} job; only {engine.FEATURE_JOB!r} jobs store "
+            "features (its model is at GET /v1/models/<model_id>/download)"
+        )
+    bundle = features_dir / "features.zip"
+    if job.status != JobStatus.succeeded.value or not bundle.exists():
+        raise NoFeatures(
+            f"job {job.id} is {job.status}; its features can be downloaded once it succeeded",
+            details={"status": job.status},
+        )
+    return bundle
+
+
+def mark_enqueue_failed(session: Session, job: Job, cause: Exception) -> None:
+    job.status = JobStatus.failed.value
+    job.error = f"could not reach the job broker: {cause}"
+    session.flush()

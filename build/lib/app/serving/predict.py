@@ -1,0 +1,43 @@
+"""Prediction on uploaded images with exactly the evaluation preprocessing of the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.engine import predict
+from app.errors import InvalidInput, PayloadTooLarge, ServiceError
+from app.serving.cache import ModelCache
+from app.storage.images import open_image
+
+
+def predict_uploads(
+    cache: ModelCache,
+    model_id: str,
+    artifact_dir: Path,
+    files: list[tuple[str, bytes]],
+    *,
+    top_k: int,
+    max_files: int,
+    max_pixels: int,
+) -> list[tuple[str, list[tuple[str, float]]]]:
+    if not files:
+        raise InvalidInput("send at least one image in the 'files' field", code="no_files")
+    if len(files) > max_files:
+        raise PayloadTooLarge(
+            f"{len(files)} images in one request; the limit is {max_files}",
+            code="too_many_files",
+            details={"limit": max_files},
+        )
+    # Decode every image first: one bad file fails the request before any compute is spent,
+    # and the error names the file.
+    images = []
+    for filename, data in files:
+        try:
+            images.append(open_image(data, max_pixels))
+        except ServiceError as exc:
+            exc.details = {**exc.details, "filename": filename}
+            exc.message = f"{filename}: {exc.message}"
+            raise
+    model, card = cache.get(model_id, artifact_dir)
+    results = predict(model, card, images, top_k=top_k)
+    return [(name, scores) for (name, _), scores in zip(files, results, strict=True)]

@@ -1,0 +1,390 @@
+"""Turn an uploaded archive into a validated, immutable dataset folder.
+
+    <dataset_dir>/
+      train/<class>/<rest of path>    accepted images only
+      val/<class>/<rest of path>      only if the archive had val/ (or valid/, validation/)
+      manifest.json                   classes, train/val lists and the ingest report; written
+                                      last, so a folder without it is not a dataset
+
+``ingest_archive`` is for the API (after the upload is on disk), ``load_manifest`` for the
+worker. Archive safety lives in ``archive``, image checks in ``images``; this module decides the
+layout and whether the result is a usable dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from app.errors import ServiceError
+from app.storage.archive import (
+    ArchiveLimits,
+    DatasetRejected,
+    Extraction,
+    StagedFile,
+    extract_archive,
+    safe_parts,
+)
+from app.storage.images import check_image_file
+
+__all__ = [
+    "DatasetCorrupt",
+    "DatasetManifest",
+    "DatasetRejected",
+    "DatasetReport",
+    "IngestLimits",
+    "ingest_archive",
+    "load_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+_STAGING = ".staging"  # a hidden name, so no class folder can collide with it
+_SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
+_SYSTEM_NAMES = {
+    "__macosx",
+    "thumbs.db",
+    "desktop.ini",
+    "$recycle.bin",
+    "system volume information",
+}
+_NOT_IN_CLASS = "not inside a class folder; put each class's images in a folder named after it"
+# How many rejection reasons per class an empty-class error quotes.
+_REASONS_QUOTED = 3
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_entries: int = 100_000  # archive members (files + dirs)
+    max_total_bytes: int = 10 * 2**30  # total uncompressed bytes actually written
+    max_ratio: float = 100.0  # total uncompressed bytes / archive file size
+    max_image_pixels: int = 89_478_485  # width*height per image (Pillow's default bomb limit)
+    # The ratio is taken against at least this many archive bytes: a tar.gz of a few tiny files
+    # is mostly zero padding and can expand >100x while honest. 100 x 64 KiB = 6.4 MiB written is
+    # harmless, and a real bomb (20 MiB of zeros deflates to 20 KiB) is still refused.
+    ratio_floor_bytes: int = 64 * 2**10
+
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_entries=self.max_entries,
+            max_total_bytes=self.max_total_bytes,
+            max_ratio=self.max_ratio,
+            ratio_floor_bytes=self.ratio_floor_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    # sha256 over the sorted (stored relpath, sha256 of bytes) of accepted images: the same
+    # images give the same hash whether they came in a zip or a tar, wrapped or not.
+    sha256: str
+    format: str  # "zip" | "tar"
+    classes: list[str]  # sorted
+    splits: dict[str, dict[str, int]]  # {"train": {class: n}, "val": {class: n}}
+    rejected: list[dict[str, str]]  # [{"path": <path inside archive>, "reason": ...}]
+    num_images: int
+    total_bytes: int  # bytes of accepted images on disk
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    classes: list[str]
+    train: list[tuple[str, str]]  # (path relative to the dataset dir, class name)
+    val: list[tuple[str, str]]
+
+
+class DatasetCorrupt(ServiceError):
+    """A stored dataset folder is unreadable: a server-side fault, not the uploader's."""
+
+    status_code = 500
+    code = "dataset_corrupt"
+
+
+def ingest_archive(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> DatasetReport:
+    """Extract, validate and lay out the archive in ``dest_dir``; return the report.
+
+    ``dest_dir`` must not exist. On any failure it is removed again and the error re-raised
+    (``DatasetRejected`` for everything the uploader can fix).
+    """
+    dest_dir.mkdir(parents=True)  # FileExistsError before we own it: never delete someone's dir
+    try:
+        return _ingest(archive_path, dest_dir, limits)
+    except BaseException:
+        shutil.rmtree(dest_dir, ignore_errors=True)
+        if dest_dir.exists():
+            log.error("could not remove the failed dataset folder %s", dest_dir)
+        raise
+
+
+def load_manifest(dataset_dir: Path) -> DatasetManifest:
+    """The classes and (relative path, class) lists of an ingested dataset, for the worker."""
+    path = dataset_dir / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        classes = [str(c) for c in data["classes"]]
+        known = set(classes)
+        lists: dict[str, list[tuple[str, str]]] = {}
+        for split in ("train", "val"):
+            items = [(str(p), str(c)) for p, c in data[split]]
+            for rel, cls in items:
+                if cls not in known or not _is_safe_relpath(rel, split):
+                    raise ValueError(f"bad {split} entry {rel!r} ({cls!r})")
+            lists[split] = items
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetCorrupt(
+            f"the dataset at {dataset_dir} has no readable manifest ({exc})",
+            details={"path": str(path)},
+        ) from exc
+    return DatasetManifest(classes=classes, train=lists["train"], val=lists["val"])
+
+
+# -- the steps ---------------------------------------------------------------------------------
+
+
+def _ingest(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> DatasetReport:
+    staging = dest_dir / _STAGING
+    staging.mkdir()
+    extraction = extract_archive(archive_path, staging, limits.archive_limits(), _skip_early)
+    placed = _Layout.of(extraction).place(dest_dir, limits.max_image_pixels)
+    shutil.rmtree(staging)
+    report = placed.report(extraction.format)
+    _write_manifest(dest_dir, placed, report)
+    return report
+
+
+def _is_hidden(part: str) -> bool:
+    return part.startswith(".") or part.lower() in _SYSTEM_NAMES
+
+
+def _skip_early(parts: tuple[str, ...]) -> str | None:
+    """Files not worth writing at all (the rest are judged once the whole archive is seen)."""
+    if any(_is_hidden(p) for p in parts):
+        return "hidden or system file"
+    if len(parts) == 1:
+        return _NOT_IN_CLASS
+    return None
+
+
+@dataclass
+class _Placed:
+    """What ended up on disk, and why the rest did not."""
+
+    classes: list[str]
+    has_val: bool
+    train: list[tuple[str, str, StagedFile]]  # (relpath, class, file)
+    val: list[tuple[str, str, StagedFile]]
+    rejected: list[dict[str, str]]
+
+    def report(self, fmt: str) -> DatasetReport:
+        accepted = self.train + self.val
+        digest = hashlib.sha256()
+        # JSON keeps the encoding unambiguous whatever characters the paths hold.
+        pairs = sorted((rel, f.sha256) for rel, _, f in accepted)
+        digest.update(json.dumps(pairs, ensure_ascii=False).encode("utf-8"))
+        splits = {"train": _counts(self.train, self.classes)}
+        if self.has_val:
+            splits["val"] = _counts(self.val, self.classes)
+        return DatasetReport(
+            sha256=digest.hexdigest(),
+            format=fmt,
+            classes=self.classes,
+            splits=splits,
+            rejected=sorted(self.rejected, key=lambda r: (r["path"], r["reason"])),
+            num_images=len(accepted),
+            total_bytes=sum(f.size for _, _, f in accepted),
+        )
+
+
+def _counts(items: list[tuple[str, str, StagedFile]], classes: list[str]) -> dict[str, int]:
+    counts = Counter(cls for _, cls, _ in items)
+    return {cls: counts[cls] for cls in classes}
+
+
+@dataclass
+class _Layout:
+    """Where each staged file belongs, decided once every member name is known."""
+
+    prefix: int  # components to drop (1 when a wrapping folder is stripped)
+    split_layout: bool
+    train_classes: set[str]  # class folders under train/ (or the top level), files or not
+    has_val: bool
+    extraction: Extraction
+
+    @classmethod
+    def of(cls, extraction: Extraction) -> _Layout:
+        dirs = [d for d in extraction.dirs if not any(_is_hidden(p) for p in d)]
+        paths = [f.parts for f in extraction.files] + [(*d, "") for d in dirs]
+        # A dir entry gets a "" leaf so it counts as "inside" its parent like a file does.
+        prefix = 1 if _wrapped(paths) else 0
+        paths = [p[prefix:] for p in paths if len(p) > prefix]
+        split_layout = any(_SPLIT_NAMES.get(p[0].lower()) == "train" for p in paths if len(p) > 1)
+        train_classes: set[str] = set()
+        has_val = False
+        for p in paths:
+            if split_layout:
+                split = _SPLIT_NAMES.get(p[0].lower())
+                has_val = has_val or split == "val"
+                if split == "train" and len(p) > 2:
+                    train_classes.add(p[1])
+            elif len(p) > 1:
+                train_classes.add(p[0])
+        return cls(prefix, split_layout, train_classes, has_val, extraction)
+
+    def destination(self, parts: tuple[str, ...]) -> tuple[str, str, str] | str:
+        """(split, class, relpath) for a file, or the reason it has no place."""
+        parts = parts[self.prefix :]
+        if len(parts) < 2:
+            return _NOT_IN_CLASS
+        if self.split_layout:
+            split = _SPLIT_NAMES.get(parts[0].lower())
+            if split is None:
+                return "outside train/ and val/; in a train/val archive every image is in one"
+            parts = parts[1:]
+            if len(parts) < 2:
+                return _NOT_IN_CLASS
+        else:
+            split = "train"
+        cls = parts[0]
+        if split == "val" and cls not in self.train_classes:
+            return f"class {cls!r} is in val/ but not in train/; add it to train/ or remove it"
+        return split, cls, "/".join((split, *parts))
+
+    def train_class_of(self, name: str) -> str | None:
+        """The train class folder an archive member sits in, if any (for error messages)."""
+        where = self.destination(safe_parts(name))
+        return where[1] if not isinstance(where, str) and where[0] == "train" else None
+
+    def place(self, dest_dir: Path, max_pixels: int) -> _Placed:
+        rejected = list(self.extraction.skipped)
+        kept: dict[str, list[tuple[str, str, StagedFile]]] = {"train": [], "val": []}
+        taken: set[str] = set()
+        root = dest_dir.resolve()
+        for f in self.extraction.files:
+            where = self.destination(f.parts)
+            if isinstance(where, str):
+                reason: str | None = where
+            else:
+                split, cls, rel = where
+                if rel in taken:
+                    reason = "a file with the same path came earlier in the archive"
+                else:
+                    reason = check_image_file(f.path, max_pixels) or _move(
+                        f.path, dest_dir / rel, root
+                    )
+            if reason is not None:
+                f.path.unlink(missing_ok=True)
+                rejected.append({"path": f.name, "reason": reason})
+                continue
+            taken.add(rel)
+            kept[split].append((rel, cls, f))
+        placed = _Placed(
+            classes=sorted({cls for _, cls, _ in kept["train"]}),
+            has_val=self.has_val,
+            train=sorted(kept["train"], key=lambda t: t[0]),
+            val=sorted(kept["val"], key=lambda t: t[0]),
+            rejected=rejected,
+        )
+        self._check_usable(placed)
+        return placed
+
+    def _check_usable(self, placed: _Placed) -> None:
+        if not placed.train and not placed.val:
+            raise DatasetRejected(
+                "the archive contains no usable images; put each class's images (JPEG, PNG, "
+                "BMP, GIF, WEBP or TIFF) in a folder named after the class",
+                code="dataset_no_images",
+                details={
+                    "class_folders": sorted(self.train_classes),
+                    "rejected": placed.rejected[:20],
+                },
+            )
+        empty = sorted(self.train_classes - set(placed.classes))
+        if empty:
+            reasons: dict[str, list[str]] = {cls: [] for cls in empty}
+            for r in placed.rejected:
+                cls = self.train_class_of(r["path"])
+                if cls in reasons and len(reasons[cls]) < _REASONS_QUOTED:
+                    reasons[cls].append(f"{r['path']}: {r['reason']}")
+            why = "; ".join(f"{cls!r}: {', '.join(reasons[cls]) or 'no files'}" for cls in empty)
+            raise DatasetRejected(
+                f"class folder(s) {', '.join(map(repr, empty))} have no valid image ({why}); "
+                "add images or remove the folder",
+                code="dataset_empty_class",
+                details={"classes": empty, "reasons": reasons},
+            )
+        if len(placed.classes) < 2:
+            raise DatasetRejected(
+                f"found {len(placed.classes)} class with images ({', '.join(placed.classes)}); "
+                "a classifier needs at least 2, each in its own folder",
+                code="dataset_too_few_classes",
+                details={"classes": placed.classes},
+            )
+
+
+def _wrapped(paths: list[tuple[str, ...]]) -> bool:
+    """True when one folder holds everything and it holds folders (so it is not itself a class).
+
+    Root-level files are ignored here: they are rejected anyway, and a stray README next to the
+    wrapping folder should not turn the whole dataset into one class.
+    """
+    inside = [p for p in paths if len(p) > 1]
+    tops = {p[0] for p in inside}
+    if len(tops) != 1:
+        return False
+    (top,) = tops
+    return _SPLIT_NAMES.get(top.lower()) != "train" and any(len(p) > 2 for p in inside)
+
+
+def _move(src: Path, dest: Path, root: Path) -> str | None:
+    """Move a validated file to its place; the reason when it cannot have that place."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Defence in depth: the names were checked already and we never create links, so this
+        # can only fail if the checks above are wrong.
+        if not dest.parent.resolve().is_relative_to(root):
+            raise DatasetRejected(
+                f"archive entry resolves outside the dataset folder ({dest})",
+                code="archive_unsafe_path",
+                details={"entry": str(dest)},
+            )
+        if dest.exists():
+            return "a file with the same path came earlier in the archive"
+        src.rename(dest)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        return "its path clashes with another entry (a file and a folder of the same name)"
+    return None
+
+
+def _write_manifest(dest_dir: Path, placed: _Placed, report: DatasetReport) -> None:
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "classes": placed.classes,
+        "train": [[rel, cls] for rel, cls, _ in placed.train],
+        "val": [[rel, cls] for rel, cls, _ in placed.val],
+        "report": report.to_dict(),
+    }
+    tmp = dest_dir / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, dest_dir / MANIFEST_NAME)
+
+
+def _is_safe_relpath(rel: str, split: str) -> bool:
+    path = PurePosixPath(rel)
+    return (
+        not path.is_absolute()
+        and ".." not in path.parts
+        and len(path.parts) >= 3
+        and path.parts[0] == split
+    )

@@ -1,0 +1,54 @@
+"""Where things live under the data directory.
+
+<data_dir>/
+  transferlab.db          SQLite database (embedded default only)
+  datasets/<id>/          extracted, validated images + manifest.json (immutable)
+  models/<id>/            model.safetensors + model.json (immutable)
+  tmp/                    uploads in flight; same filesystem so a finished upload is a rename
+  broker/                 the embedded Celery broker's message folders
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    def dataset_dir(self, dataset_id: uuid.UUID | str) -> Path:
+        return self.datasets / str(dataset_id)
+
+    def model_dir(self, model_id: uuid.UUID | str) -> Path:
+        return self.models / str(model_id)
+
+    def features_dir(self, job_id: uuid.UUID | str) -> Path:
+        return self.features / str(job_id)
+
+    def ensure(self) -> DataLayout:
+        for path in (self.datasets, self.models, self.features, self.tmp, self.broker):
+            path.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,271 @@
+"""Run one job: claim it, train with the engine, store the model version, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import uuid
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torchvision
+from sqlalchemy.exc import IntegrityError
+
+import app
+from app.db.models import Dataset, Job, JobStatus, ModelVersion
+from app.db.repositories import jobs as jobs_repo
+from app.db.repositories import models as models_repo
+from app.db.session import Database
+from app.engine import (
+    FEATURE_JOB,
+    DatasetSplits,
+    EngineError,
+    Hyperparameters,
+    ModelSource,
+    TrainingCancelled,
+    TrainResult,
+    extract_embeddings,
+    run_training,
+    save_artifact,
+)
+from app.settings import Settings
+from app.storage.datasets import load_manifest
+from worker.features import save_embeddings
+from worker.progress import DatabaseProgress
+
+log = logging.getLogger(__name__)
+
+
+class JobInputError(Exception):
+    """The job cannot start for a reason the user can fix (shown as the job's error)."""
+
+
+def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
+    with db.session_scope() as session:
+        if not jobs_repo.claim(session, job_id):
+            # Already running, finished or cancelled: a redelivery, or a cancel that won the race.
+            log.info("job %s not claimed (no longer queued); nothing to do", job_id)
+            return "skipped"
+    try:
+        with db.session_scope() as session:
+            job = _load(session, job_id)
+            source, parent_id = _model_source(session, job)
+            data, dataset = _dataset_splits(session, settings, job)
+            spec = dict(job.spec)
+        progress = DatabaseProgress(db, job_id, interval_s=settings.progress_interval_s)
+        if spec["strategy"] == FEATURE_JOB:
+            _extract(settings, db, job_id, spec, source, data, dataset, progress)
+            return _finish(db, job_id, JobStatus.succeeded)
+        result = run_training(
+            source=source,
+            strategy=spec["strategy"],
+            data=data,
+            hparams=Hyperparameters(**spec["hyperparameters"]),
+            strategy_options=spec.get("options") or {},
+            callbacks=[progress],
+            device=settings.device,
+            num_workers=settings.loader_workers,
+        )
+        _register_model(db, settings, job_id, spec, dataset, parent_id, result)
+        return _finish(db, job_id, JobStatus.succeeded)
+    except TrainingCancelled:
+        return _finish(db, job_id, JobStatus.cancelled)
+    except (EngineError, JobInputError) as exc:
+        return _finish(db, job_id, JobStatus.failed, str(exc))
+    except Exception as exc:
+        log.exception("job %s crashed", job_id)
+        return _finish(
+            db, job_id, JobStatus.failed, f"internal error ({type(exc).__name__}: {exc})"[:2000]
+        )
+
+
+def _extract(
+    settings: Settings,
+    db: Database,
+    job_id: uuid.UUID,
+    spec: dict,
+    source: ModelSource,
+    data: DatasetSplits,
+    dataset: Dataset,
+    progress: DatabaseProgress,
+) -> None:
+    hp = spec["hyperparameters"]
+    emb = extract_embeddings(
+        source=source,
+        data=data,
+        features=(spec.get("options") or {}).get("features", "pre_logits"),
+        image_size=hp.get("image_size"),
+        batch_size=hp["batch_size"],
+        callbacks=[progress],
+        device=settings.device,
+        num_workers=settings.loader_workers,
+        amp=hp.get("amp", True),
+        seed=hp.get("seed", 0),
+    )
+    meta = {"job_id": str(job_id), **_lineage(spec, dataset, None, settings)}
+    save_embeddings(
+        emb, settings.layout.dataset_dir(dataset.id), settings.layout.features_dir(job_id), meta
+    )
+    with db.session_scope() as session:
+        jobs_repo.set_progress(
+            session,
+            job_id,
+            latest_metrics={
+                "num_images": int(emb.features.shape[0]),
+                "dim": int(emb.features.shape[1]),
+            },
+        )
+
+
+def _finish(db: Database, job_id: uuid.UUID, status: JobStatus, error: str | None = None) -> str:
+    with db.session_scope() as session:
+        jobs_repo.finish(session, job_id, status, error=error)
+    log.info("job %s %s%s", job_id, status.value, f": {error}" if error else "")
+    return status.value
+
+
+def _load(session: Any, job_id: uuid.UUID) -> Job:
+    job = jobs_repo.get(session, job_id)
+    if job is None:  # pragma: no cover - claim() just saw it
+        raise JobInputError(f"job {job_id} vanished")
+    return job
+
+
+def _model_source(session: Any, job: Job) -> tuple[ModelSource, uuid.UUID | None]:
+    kind, _, name = job.base_model.partition(":")
+    if kind == "timm":
+        return ModelSource(
+            kind="timm", name=name, pretrained=job.spec.get("pretrained", True)
+        ), None
+    parent = models_repo.get(session, uuid.UUID(name))
+    if parent is None:
+        raise JobInputError(f"base model {job.base_model} no longer exists")
+    return ModelSource(kind="artifact", artifact_dir=Path(parent.artifact_dir)), parent.id
+
+
+def _dataset_splits(session: Any, settings: Settings, job: Job) -> tuple[DatasetSplits, Dataset]:
+    dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    if dataset is None:
+        raise JobInputError("the job's dataset no longer exists")
+    folder = settings.layout.dataset_dir(dataset.id)
+    manifest = load_manifest(folder)
+    index = {name: i for i, name in enumerate(manifest.classes)}
+
+    def resolve(items: list[tuple[str, str]]) -> tuple[tuple[str, int], ...]:
+        return tuple((str(folder / rel), index[cls]) for rel, cls in items)
+
+    splits = DatasetSplits(
+        class_names=tuple(manifest.classes),
+        train=resolve(manifest.train),
+        val=resolve(manifest.val),
+    )
+    return splits, dataset
+
+
+def _lineage(spec: dict, dataset: Dataset, parent_id: uuid.UUID | None, settings: Settings) -> dict:
+    return {
+        "base_model": spec["base_model"],
+        "pretrained": spec.get("pretrained", True),
+        "parent_model_id": str(parent_id) if parent_id else None,
+        "dataset_id": str(dataset.id),
+        "dataset_name": dataset.name,
+        "dataset_sha256": dataset.sha256,
+        "job_spec": spec,
+        "device": settings.device,
+        "libraries": {
+            "transferlab": app.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _register_model(
+    db: Database,
+    settings: Settings,
+    job_id: uuid.UUID,
+    spec: dict,
+    dataset: Dataset,
+    parent_id: uuid.UUID | None,
+    result: TrainResult,
+) -> None:
+    model_id = uuid.uuid4()
+    final_dir = settings.layout.ensure().model_dir(model_id)
+    partial = final_dir.with_name(final_dir.name + ".partial")
+    save_artifact(result.model, result.card, partial)
+    partial.rename(final_dir)  # a model folder is complete or absent
+    evaluation = result.evaluation
+    metrics = {
+        "val_accuracy": evaluation.accuracy,
+        "per_class_accuracy": evaluation.per_class_accuracy,
+        "confusion_matrix": evaluation.confusion_matrix,
+        "num_val_images": evaluation.num_samples,
+        "train_seconds": result.train_seconds,
+        "epochs": len(result.history),
+    }
+    name = spec.get("name") or dataset.name
+    try:
+        # Two jobs finishing at once under one name race for the next version number; the
+        # unique (name, version) constraint makes the loser retry with the next one.
+        for _ in range(5):
+            try:
+                with db.session_scope() as session:
+                    models_repo.add(
+                        session,
+                        ModelVersion(
+                            id=model_id,
+                            name=name,
+                            version=models_repo.next_version(session, name),
+                            job_id=job_id,
+                            dataset_id=dataset.id,
+                            parent_id=parent_id,
+                            base_model=spec["base_model"],
+                            strategy=spec["strategy"],
+                            class_names=list(result.card.class_names),
+                            metrics=metrics,
+                            lineage=_lineage(spec, dataset, parent_id, settings),
+                            artifact_dir=str(final_dir),
+                        ),
+                    )
+                    jobs_repo.set_progress(
+                        session, job_id, latest_metrics={**_latest(result), **metrics}
+                    )
+                return
+            except IntegrityError:
+                with db.session_scope() as session:
+                    if models_repo.get_by_job(session, job_id) is not None:
+                        raise  # a version for this job exists: never create a second one
+        raise RuntimeError("could not allocate a model version number after 5 tries")
+    except BaseException:
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise
+
+
+def _latest(result: TrainResult) -> dict:
+    return asdict(result.history[-1]) if result.history else {}
+
+
+def fail_stale_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
+    """Fail running jobs whose worker died (no heartbeat for ``stale_job_after_s``).
+
+    Called when a worker starts. Failing rather than requeueing is deliberate: a job that killed
+    its worker (out of memory, say) would otherwise kill the next one too.
+    """
+    limit = settings.stale_job_after_s
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=limit)
+    message = (
+        f"the worker running this job stopped without finishing it (no heartbeat for over "
+        f"{limit:.0f} s: killed, out of memory, or its machine went away); submit the job again"
+    )
+    with db.session_scope() as session:
+        stale = jobs_repo.fail_stale(session, cutoff, message)
+    for job_id in stale:
+        log.warning("job %s failed: %s", job_id, message)
+    return stale
