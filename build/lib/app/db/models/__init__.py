@@ -1,8 +1,0 @@
-"""ORM models, one table per module. Importing this package registers them all on Base."""
-
-from app.db.models.dataset import Dataset
-from app.db.models.job import Job, JobStatus
-from app.db.models.job_metric import JobMetric
-from app.db.models.model_version import ModelVersion
-
-__all__ = ["Dataset", "Job", "JobMetric", "JobStatus", "ModelVersion"]

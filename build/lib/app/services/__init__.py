@@ -1,1 +1,0 @@
-"""Domain logic between the routers and the repositories. Services flush; the edge commits."""
