@@ -7,10 +7,6 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class UploadSizeLimit:
     """413 for a request body over ``max_bytes`` on POST to ``path``.
 
@@ -31,27 +27,39 @@ class UploadSizeLimit:
             await self._reject(send)
             return
         seen = 0
-        started = False
+        too_large = False
+        replied = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    # Stop reading: to the app the client went away. Whatever it answers to that
+                    # (FastAPI: a 400 about the body) is replaced by the 413 below.
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def guarded_send(message: Message) -> None:
+            nonlocal replied
+            if too_large:
+                if not replied:
+                    replied = True
+                    await self._reject(send)
+                return
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not replied:
+            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

@@ -182,3 +182,33 @@ def test_delete_dataset_in_use_is_409(client, settings, digits_zip):
     assert r.status_code == 409 and error_code(r) == "dataset_in_use"
     assert job.json()["id"] in r.json()["error"]["details"]["job_ids"]
     assert settings.layout.dataset_dir(ds["id"]).exists()
+
+
+def test_chunked_upload_over_the_limit_is_cut_off(settings, db):
+    """No Content-Length to check up front: the body is counted as it arrives, and the app's own
+    answer to the cut-off body (FastAPI's 400 about parsing) is replaced by the 413. (TestClient
+    reads the whole generator anyway, so how early the server stops is not observable here.)"""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    small = settings.model_copy(update={"max_upload_bytes": 10_000})
+
+    def body():
+        yield (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.zip"\r\n'
+            b"Content-Type: application/zip\r\n\r\n"
+        )
+        for _ in range(100):  # 100 x 1 KiB of file content, ten times the limit
+            yield b"x" * 1024
+        yield b"\r\n--b--\r\n"
+
+    with TestClient(create_app(small)) as c:
+        r = c.post(
+            "/v1/datasets",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+    assert r.status_code == 413
+    assert error_code(r) == "upload_too_large"
+    assert_nothing_left(settings, db)
