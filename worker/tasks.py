@@ -22,6 +22,9 @@ def _database() -> Database:
 
 @celery_app.task(name=TASK_RUN_JOB)
 def run_job(job_id: str) -> str:
+    # Reap before each job too, not only at start-up: a dead worker's job is then failed as soon
+    # as any live worker takes new work. One indexed query; nothing next to a training job.
+    fail_stale_jobs(get_settings(), _database())
     return execute_job(uuid.UUID(job_id), get_settings(), _database())
 
 

@@ -37,6 +37,10 @@ class Service:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
+    def stop(self) -> None:
+        for p in self.processes:
+            stop(p)
+
     def log_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in self.logs.glob("*.log"))
 
@@ -80,10 +84,8 @@ def wait_ready(url: str, processes: list[subprocess.Popen], describe: Callable[[
     raise AssertionError(f"service not ready after 90 s: {last}\n{describe()}")
 
 
-@pytest.fixture(scope="module")
-def stack(postgres_url, redis_url, tmp_path_factory) -> Iterator[Service]:
+def start_stack(postgres_url: str, redis_url: str, root: Path, **extra_env: str) -> Service:
     """The docker-compose services, as processes: migrate (one-shot), api, worker."""
-    root = tmp_path_factory.mktemp("stack")
     logs = root / "logs"
     logs.mkdir()
     env = {
@@ -93,6 +95,7 @@ def stack(postgres_url, redis_url, tmp_path_factory) -> Iterator[Service]:
         "TRANSFERLAB_DATA_DIR": str(root / "data"),
         "TRANSFERLAB_LOADER_WORKERS": "0",
         "TRANSFERLAB_PROGRESS_INTERVAL_S": "0.2",
+        **extra_env,
     }
     subprocess.run([BIN / "transferlab", "migrate"], env=env, check=True, capture_output=True)
     port = free_port()
@@ -102,10 +105,17 @@ def stack(postgres_url, redis_url, tmp_path_factory) -> Iterator[Service]:
     service = Service(url=url, env=env, logs=logs, processes=[api, worker])
     try:
         wait_ready(url, service.processes, service.log_text)
-        yield service
-    finally:
-        for p in service.processes:
-            stop(p)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@pytest.fixture(scope="module")
+def stack(postgres_url, redis_url, tmp_path_factory) -> Iterator[Service]:
+    service = start_stack(postgres_url, redis_url, tmp_path_factory.mktemp("stack"))
+    yield service
+    service.stop()
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 240) -> dict:
