@@ -20,7 +20,7 @@ from app.engine.specs import (
     TrainResult,
 )
 from app.engine.strategies import list_strategies, strategy_option_names
-from app.engine.train import run_training
+from app.engine.train import check_job, run_training
 
 __all__ = [
     "FEATURE_JOB",
@@ -36,6 +36,7 @@ __all__ = [
     "ModelSource",
     "TrainResult",
     "TrainingCancelled",
+    "check_job",
     "create_eval_transform",
     "extract_embeddings",
     "is_known_backbone",

@@ -39,6 +39,12 @@ def build_model(source: ModelSource, num_classes: int) -> tuple[nn.Module, str, 
     return model, source.name, dict(resolve_model_data_config(model=model))
 
 
+def check_job(strategy: str, options: Mapping[str, Any], hparams: Hyperparameters) -> None:
+    """Everything about a job spec that can be checked without a model or data (the API calls
+    this before accepting a job). Raises EngineError."""
+    create_strategy(strategy, **dict(options)).check(hparams)
+
+
 def run_training(
     *,
     source: ModelSource,
@@ -57,6 +63,7 @@ def run_training(
     ``TrainingCancelled`` when a callback's ``should_stop()`` returns True.
     """
     plan = create_strategy(strategy, **dict(strategy_options or {}))
+    plan.check(hparams)
     if not isinstance(num_workers, int) or num_workers < 0:
         raise EngineError(f"num_workers must be an integer >= 0 (got {num_workers!r}).")
     runtime = Runtime.on(resolve_device(device), amp=hparams.amp)

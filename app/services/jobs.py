@@ -116,10 +116,25 @@ def validate_base_model(session: Session, base_model: str) -> uuid.UUID | None:
     )
 
 
+def check_spec(spec: dict[str, Any]) -> None:
+    """Option values and their fit with the hyperparameters, as the engine will see them."""
+    if spec["strategy"] == engine.FEATURE_JOB:
+        return
+    try:
+        engine.check_job(
+            spec["strategy"],
+            spec.get("options") or {},
+            engine.Hyperparameters(**spec["hyperparameters"]),
+        )
+    except engine.EngineError as exc:
+        raise InvalidInput(str(exc), code="invalid_option", details={"field": "options"}) from None
+
+
 def create_job(session: Session, spec: dict[str, Any]) -> Job:
     """Validate the spec against what exists and insert the job as ``queued`` (flush only)."""
     dataset = get_dataset(session, uuid.UUID(str(spec["dataset_id"])))
     validate_strategy(spec["strategy"], spec.get("options") or {})
+    check_spec(spec)
     validate_base_model(session, spec["base_model"])
     hp = spec["hyperparameters"]
     return repo.add(

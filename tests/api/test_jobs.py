@@ -169,3 +169,23 @@ def test_openapi_documents_every_endpoint_with_a_summary_and_examples(tmp_path):
             if body is not None:
                 assert _has_example(body["schema"], components), f"{where}: body has no example"
     assert JobCreate.model_json_schema()["examples"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options", "hyperparameters", "needle"),
+    [
+        ("l2sp", {}, {"weight_decay": 0.01}, "weight_decay"),
+        ("lp_ft", {"probe_epochs": 5}, {"epochs": 5}, "probe_epochs"),
+        ("finetune", {"backbone_lr_mult": 3.0}, {}, "backbone_lr_mult"),
+    ],
+)
+def test_option_values_that_cannot_work_are_422(
+    client, settings, dataset_id, strategy, options, hyperparameters, needle
+):
+    body = spec(dataset_id, strategy=strategy, options=options, hyperparameters=hyperparameters)
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 422, r.text
+    assert error_code(r) == "invalid_option"
+    assert needle in r.json()["error"]["message"]
+    assert queued_messages(settings) == []
+    assert client.get("/v1/jobs").json()["total"] == 0

@@ -46,6 +46,13 @@ class Strategy(abc.ABC):
 
     name: ClassVar[str] = ""
 
+    def check(self, hparams: Hyperparameters) -> None:
+        """Checks of the options against the job's hyperparameters that need no model or data:
+        ``run_training`` runs them before building anything, and the API before accepting a
+        job. Raise EngineError with a user-facing message. By default there is nothing to
+        check."""
+        return None
+
     @abc.abstractmethod
     def fit(self, ctx: FitContext) -> FitOutcome:
         """Train ``ctx.model`` in place and report every epoch through ``ctx.callbacks``."""

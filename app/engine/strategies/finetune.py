@@ -94,14 +94,14 @@ class _StartingPoint(_Finetuning):
         # transferred weights towards zero while alpha pulls them towards the source.
         return 0.0
 
-    def fit(self, ctx: FitContext) -> FitOutcome:
-        if ctx.hparams.weight_decay > 0:
+    def check(self, hparams: Hyperparameters) -> None:
+        super().check(hparams)
+        if hparams.weight_decay > 0:
             raise EngineError(
                 f"{self.name} regularises with alpha (towards the source weights) and beta (the "
                 "new head, towards zero) instead of weight decay, which would pull the "
                 "transferred weights towards zero; set weight_decay to 0 and tune alpha/beta."
             )
-        return super().fit(ctx)
 
     def penalty_terms(
         self, backbone: Sequence[nn.Parameter], head: Sequence[nn.Parameter]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine.errors import EngineError
-from app.engine.specs import EpochMetrics, _is_int
+from app.engine.specs import EpochMetrics, Hyperparameters, _is_int
 from app.engine.strategies._base import FitContext, FitOutcome
 from app.engine.strategies._finetuning import (
     FinetuneOptions,
@@ -51,18 +51,25 @@ class LinearProbeThenFinetune(FinetuneOptions):
             raise EngineError(f"probe_epochs must be an integer >= 1 or null (got {n!r}).")
         check_fraction("finetune_lr_mult", self.finetune_lr_mult)
 
-    def fit(self, ctx: FitContext) -> FitOutcome:
-        hp = ctx.hparams
-        if hp.epochs < 2:
+    def check(self, hparams: Hyperparameters) -> None:
+        super().check(hparams)
+        if hparams.epochs < 2:
             raise EngineError(
                 "lp_ft needs epochs >= 2: at least one to probe and one to fine-tune."
             )
-        probe_epochs = self.probe_epochs if self.probe_epochs is not None else hp.epochs // 2
-        if probe_epochs >= hp.epochs:
+        probe_epochs = self._probe_epochs(hparams)
+        if probe_epochs >= hparams.epochs:
             raise EngineError(
-                f"probe_epochs={probe_epochs} leaves no fine-tuning epoch of epochs={hp.epochs}; "
-                f"use probe_epochs from 1 to {hp.epochs - 1}."
+                f"probe_epochs={probe_epochs} leaves no fine-tuning epoch of "
+                f"epochs={hparams.epochs}; use probe_epochs from 1 to {hparams.epochs - 1}."
             )
+
+    def _probe_epochs(self, hparams: Hyperparameters) -> int:
+        return self.probe_epochs if self.probe_epochs is not None else hparams.epochs // 2
+
+    def fit(self, ctx: FitContext) -> FitOutcome:
+        hp = ctx.hparams
+        probe_epochs = self._probe_epochs(hp)  # check() ran in run_training
         model: Any = ctx.model
         classifier = own_classifier(model)
         Freezing(model, self).apply(1)  # bad freezing options fail now, not after the probe
