@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 
 from app.api.deps import QueueDep, SessionDep, SettingsDep, ValidJob
-from app.api.schemas.common import Page, error_responses
+from app.api.schemas.common import Page, as_utc, error_responses
 from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut, Progress
 from app.db.models import Job
 from app.db.repositories import jobs as repo
@@ -32,7 +32,7 @@ def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
     end = job.finished_at or (datetime.now(timezone.utc) if job.started_at else None)
     duration = None
     if job.started_at and end:
-        duration = (_aware(end) - _aware(job.started_at)).total_seconds()
+        duration = (as_utc(end) - as_utc(job.started_at)).total_seconds()
     return JobOut(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
@@ -60,11 +60,6 @@ def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
 
 def job_out(job: Job, session: SessionDep) -> JobOut:
     return to_out(job, models_repo.ids_by_job(session, [job.id]).get(job.id))
-
-
-def _aware(dt: datetime) -> datetime:
-    # SQLite returns naive datetimes even for timezone=True columns; they are stored as UTC.
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 @router.post(

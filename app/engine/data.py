@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 from torchvision import transforms
 
 from app.engine.errors import EngineError
@@ -198,18 +198,23 @@ def create_loader(
     num_workers: int = 0,
     drop_last: bool = False,
     persistent_workers: bool = False,
+    sampler: Sampler | None = None,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """A DataLoader set up for ``device``; shuffling is seeded so CPU runs repeat exactly.
+    A ``sampler`` comes with the ``generator`` that drives it (and seeds the workers).
 
     ``persistent_workers`` is for loaders iterated every epoch: re-forking workers costs seconds
     per epoch with many workers. One-shot loaders (feature extraction) leave it off so their
     processes end with the pass.
     """
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    if generator is None and shuffle:
+        generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         generator=generator,
         num_workers=num_workers,
         # Page-locked batches let .to(device, non_blocking=True) overlap the copy with compute.
@@ -250,9 +255,13 @@ def create_train_loader(
         # One generator draws the sampler's indices and the workers' base seed, in a fixed order,
         # so the run repeats exactly with or without loader workers.
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(
+        return create_loader(
             dataset,
-            batch_size=batch_size,
+            batch_size,
+            device=device,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            persistent_workers=True,
             sampler=WeightedRandomSampler(
                 balanced_sample_weights([label for _, label in samples]),  # type: ignore[arg-type]
                 num_samples=n,
@@ -260,10 +269,6 @@ def create_train_loader(
                 generator=generator,
             ),
             generator=generator,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-            drop_last=drop_last,
-            persistent_workers=num_workers > 0,
         )
     return create_loader(
         dataset,

@@ -8,13 +8,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 T = TypeVar("T")
 
 
-def _as_utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes even for timezone-aware columns; every timestamp is
     # stored in UTC, so say so, and clients always get an offset (…Z) whatever the database.
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-UTCDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class ORMModel(BaseModel):

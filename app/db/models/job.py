@@ -18,10 +18,6 @@ class JobStatus(str, enum.Enum):
     failed = "failed"
     cancelled = "cancelled"
 
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
 
 ACTIVE_STATUSES = (JobStatus.queued.value, JobStatus.running.value)
 
