@@ -26,7 +26,12 @@ def get_db(request: Request) -> Database:
 
 
 def get_session(db: Annotated[Database, Depends(get_db)]) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns, else rolled back."""
+    """One transaction per request: committed when the handler returns, else rolled back.
+
+    NOTE used with ``scope="function"`` (SessionDep): FastAPI otherwise runs a yield
+    dependency's exit code after the response is sent, so a client could get 201 for a dataset
+    and then 404 for its id, or a success for a write whose commit then failed.
+    """
     with db.session_scope() as session:
         yield session
 
@@ -40,7 +45,7 @@ def get_model_cache(request: Request) -> ModelCache:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 
