@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     # Worker and serving.
     device: str = "auto"
     loader_workers: int = 2
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="intra-op threads of a worker's torch; default: the CPUs the worker may use "
+        "minus loader_workers, at least 1 (threads and loader processes beyond the cores slow "
+        "each other down)",
+    )
     model_cache_size: int = 4
     progress_interval_s: float = Field(
         default=2.0, description="how often a running job writes its step progress"

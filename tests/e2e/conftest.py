@@ -94,6 +94,9 @@ def start_stack(postgres_url: str, redis_url: str, root: Path, **extra_env: str)
         "TRANSFERLAB_BROKER_URL": redis_url,
         "TRANSFERLAB_DATA_DIR": str(root / "data"),
         "TRANSFERLAB_LOADER_WORKERS": "0",
+        # One torch thread, as the engine tests use: spin-waiting OpenMP threads collapse when
+        # the test process or a helper holds a core. test_stack checks the worker applied it.
+        "TRANSFERLAB_TORCH_THREADS": "1",
         "TRANSFERLAB_PROGRESS_INTERVAL_S": "0.2",
         **extra_env,
     }

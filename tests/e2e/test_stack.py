@@ -78,6 +78,7 @@ def test_finetune_job_runs_on_the_celery_worker(stack, finetuned, postgres_url):
     engine.dispose()
     assert (row.name, row.version) == ("e2e-digits", 1)
     assert row.lineage["job_spec"]["strategy"] == "finetune"
+    assert row.lineage["torch_threads"] == 1  # TRANSFERLAB_TORCH_THREADS reached the worker
     assert n_metrics == 3
 
 

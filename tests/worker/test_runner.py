@@ -10,10 +10,12 @@ import zipfile
 from datetime import datetime, timedelta
 
 import pytest
+import torch
 
 from app.db.models import JobMetric, ModelVersion
+from app.settings import Settings
 from tests.api.conftest import error_code, upload
-from worker.runner import execute_job
+from worker.runner import execute_job, torch_threads
 
 
 def submit(client, dataset_id: str, **overrides) -> str:
@@ -36,9 +38,27 @@ def dataset_id(client, digits_zip) -> str:
     return upload(client, digits_zip(per_class=10, name="runner.zip")).json()["id"]
 
 
-def test_finetune_job_end_to_end_in_process(client, settings, db, dataset_id, digits_zip):
+@pytest.fixture
+def restore_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_torch_threads_leave_cores_to_the_loader_workers(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    assert torch_threads(Settings(loader_workers=2)) == 2
+    assert torch_threads(Settings(loader_workers=0)) == 4
+    assert torch_threads(Settings(loader_workers=8)) == 1
+    assert torch_threads(Settings(loader_workers=2, torch_threads=3)) == 3
+
+
+def test_finetune_job_end_to_end_in_process(
+    client, settings, db, dataset_id, digits_zip, restore_torch_threads
+):
     job_id = submit(client, dataset_id)
-    assert execute_job(uuid.UUID(job_id), settings, db) == "succeeded"
+    one_thread = settings.model_copy(update={"torch_threads": 1})
+    assert execute_job(uuid.UUID(job_id), one_thread, db) == "succeeded"
 
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["error"] is None
@@ -59,6 +79,7 @@ def test_finetune_job_end_to_end_in_process(client, settings, db, dataset_id, di
     assert lineage["base_model"] == "timm:test_resnet"
     assert lineage["job_spec"]["hyperparameters"]["epochs"] == 2
     assert set(lineage["libraries"]) >= {"torch", "timm", "torchvision", "transferlab"}
+    assert lineage["torch_threads"] == 1 == torch.get_num_threads()
     assert len(model["metrics"]["confusion_matrix"]) == 3
 
     # Prediction uses the stored model with its evaluation preprocessing.
