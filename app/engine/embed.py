@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from app.engine.callbacks import Callback, CallbackList
@@ -65,7 +64,7 @@ def extract_embeddings(
         stage = parse_features(features)
     except ValueError as exc:
         raise EngineError(str(exc)) from None
-    runtime = Runtime.on(resolve_device(device), amp=amp)
+    runtime = Runtime.on(resolve_device(device), amp=amp, channels_last=True)
     # A random-init backbone (pretrained=false) must embed the same way on every run.
     seed_everything(seed)
     model: Any
@@ -75,7 +74,8 @@ def extract_embeddings(
     if stage is not None:
         check_stage(model, stage)
     model.requires_grad_(False)
-    model.eval().to(runtime.device)
+    model.eval()
+    runtime.place_model(model)
     samples = (*data.train, *data.val)
     loader = create_loader(
         ImageDataset(samples, create_eval_transform(preprocessing)),
@@ -93,9 +93,7 @@ def extract_embeddings(
             FeatureProgress(cbs, len(loader), epoch=1),
         )
     finally:
-        model.cpu()
-        if runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
+        runtime.release_model(model)
     return Embeddings(
         features=x.cpu().numpy().astype(np.float32, copy=False),
         samples=tuple(samples),

@@ -54,19 +54,28 @@ def seed_everything(seed: int) -> None:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where tensors go and how forward passes run there. Build it with ``Runtime.on(device)``."""
+    """Where tensors go and how forward passes run there. Build it with ``Runtime.on(device)``.
+
+    NOTE ``channels_last``: a model placed with ``place_model`` keeps its convolution weights in
+    NHWC, and ``to()`` hands it NHWC image batches. oneDNN on CPU (and cuDNN's tensor-core
+    kernels) run most convolutions faster so. Measured on 2 CPU cores, one torch thread, batch
+    64: test_resnet eval 28 -> 13 ms at 32 px and 94 -> 51 ms at 64 px, resnet10t 327 -> 207 ms
+    at 64 px; training steps 0.7-1.05x their time; ViTs unchanged. Weights are saved contiguous
+    (``release_model``): safetensors refuses NHWC tensors, and loaders expect the usual layout.
+    """
 
     device: torch.device
     bf16: bool = False  # autocast forward passes to bfloat16
+    channels_last: bool = False
 
     @classmethod
-    def on(cls, device: torch.device, amp: bool = True) -> Runtime:
+    def on(cls, device: torch.device, amp: bool = True, channels_last: bool = False) -> Runtime:
         # bf16 needs no loss scaling; GPUs without native bf16 (before Ampere, capability 8.0)
         # run fp32 rather than fp16 + GradScaler. CPU runs fp32: CPU autocast is slower for the
         # small convolutions of most backbones. Decided once, not per step. amp=False (the
         # job's hyperparameter) runs fp32 everywhere.
         bf16 = amp and device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-        return cls(device=device, bf16=bf16)
+        return cls(device=device, bf16=bf16, channels_last=channels_last)
 
     @property
     def non_blocking(self) -> bool:
@@ -78,7 +87,26 @@ class Runtime:
         return contextlib.nullcontext()
 
     def to(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and tensor.dim() == 4:
+            return tensor.to(
+                self.device, non_blocking=self.non_blocking, memory_format=torch.channels_last
+            )
         return tensor.to(self.device, non_blocking=self.non_blocking)
+
+    def place_model(self, model: nn.Module) -> None:
+        """Move ``model`` to the device, in this runtime's memory format."""
+        model.to(self.device)
+        model.to(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
+
+    def release_model(self, model: nn.Module) -> None:
+        """Back to the CPU in the usual contiguous layout, and the GPU memory given back: also
+        on failure or cancellation, so a long-lived worker has it for its next job."""
+        model.to("cpu")
+        model.to(memory_format=torch.contiguous_format)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:

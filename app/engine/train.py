@@ -66,7 +66,7 @@ def run_training(
     plan.check(hparams)
     if not isinstance(num_workers, int) or num_workers < 0:
         raise EngineError(f"num_workers must be an integer >= 0 (got {num_workers!r}).")
-    runtime = Runtime.on(resolve_device(device), amp=hparams.amp)
+    runtime = Runtime.on(resolve_device(device), amp=hparams.amp, channels_last=True)
     train, val = split_train_val(data, hparams.val_fraction, hparams.seed)
     num_classes = len(data.class_names)
 
@@ -79,7 +79,7 @@ def run_training(
         # Fixed input sizes: let cuDNN pick the fastest kernels once (not bitwise reproducible
         # on GPU; CPU runs are).
         torch.backends.cudnn.benchmark = True
-    model.to(runtime.device)
+    runtime.place_model(model)
 
     ctx = FitContext(
         model=model,
@@ -96,16 +96,13 @@ def run_training(
     try:
         outcome = plan.fit(ctx)
     finally:
-        # Also on failure and cancellation: a long-lived worker must get its GPU memory back for
-        # the next job, even while a traceback still references this model.
-        model.cpu()
-        if runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
+        # Also on failure and cancellation, even while a traceback still references this model.
+        runtime.release_model(model)
     train_seconds = time.perf_counter() - start
 
     evaluation = compute_evaluation(outcome.val_predictions, outcome.val_targets, data.class_names)
     trained = outcome.model if outcome.model is not None else model
-    trained.cpu()
+    runtime.release_model(trained)  # a probe's new head, beside the released backbone
     # Strategies freeze parameters; the returned model is a plain one.
     trained.requires_grad_(True)
     trained.eval()

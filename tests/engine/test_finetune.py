@@ -29,6 +29,8 @@ def test_finetune_result_is_cpu_eval_model_with_matching_evaluation(finetuned):
     model = finetuned.model
     assert not model.training and all(not m.training for m in model.modules())
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+    # Trained in channels_last, returned in the usual layout (safetensors and loaders need it).
+    assert all(t.is_contiguous() for t in model.state_dict().values())
     assert finetuned.card.architecture == {
         "library": "timm",
         "name": "test_resnet",
