@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 
+from app.cpu import prefer_passive_openmp
 from app.settings import Settings, get_settings
 
 
@@ -88,6 +89,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_passive_openmp()  # before anything imports torch; inherited by the worker process
     parser = argparse.ArgumentParser(prog="transferlab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (

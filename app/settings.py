@@ -52,9 +52,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None,
         ge=1,
-        description="intra-op threads of a worker's torch; default: the CPUs the worker may use "
-        "minus loader_workers, at least 1 (threads and loader processes beyond the cores slow "
-        "each other down)",
+        description="intra-op threads of a worker's torch; default: torch's own (one per core)",
     )
     model_cache_size: int = 4
     progress_interval_s: float = Field(

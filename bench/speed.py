@@ -5,10 +5,10 @@
 2. a 30-epoch linear_probe job costs <= 1.5x one forward pass over the training images;
 3. with Redis and an idle worker, the median time from POST /v1/jobs to `running` is < 1 s.
 
-Each plain-PyTorch reference runs twice: as the textbook writes it (torch's default threads,
-contiguous tensors), which is what the targets compare with, and tuned as the worker runs
-(intra-op threads capped at CPUs - loader workers, channels_last), which shows what is left of
-the service's own overhead.
+Each plain-PyTorch reference runs twice, each time in a fresh process: as the textbook writes
+it (torch's defaults: spinning OpenMP threads, contiguous tensors), which is what the targets
+compare with, and tuned as the worker runs (OMP_WAIT_POLICY=PASSIVE, channels_last), which
+shows what is left of the service's own overhead.
 
     .venv/bin/python bench/speed.py                  # about 10 minutes on 2 CPU cores
     .venv/bin/python bench/speed.py --skip-latency   # without Postgres/Redis
@@ -20,11 +20,13 @@ down several times over.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import timm
@@ -36,8 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Service, load_mnist, seconds_between, table, write_zip
 
 from app.engine.data import create_eval_transform, create_train_transform, resolve_preprocessing
-from app.settings import Settings
-from worker.runner import torch_threads
 
 PG_URL = os.environ.get("BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/15")
@@ -55,29 +55,8 @@ def preprocessing(backbone: str, image_size: int) -> tuple[torch.nn.Module, dict
     return model, cfg
 
 
-class PlainTorch:
-    """The reference loops' setting: textbook (torch defaults) or tuned as the worker runs."""
-
-    def __init__(self, tuned: bool, workers: int) -> None:
-        self.tuned = tuned
-        self.threads = torch_threads(Settings(loader_workers=workers)) if tuned else DEFAULT_THREADS
-        self.format = torch.channels_last if tuned else torch.contiguous_format
-
-    def __enter__(self) -> PlainTorch:
-        torch.set_num_threads(self.threads)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(DEFAULT_THREADS)
-
-    def model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(memory_format=self.format)
-
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=self.format)
-
-
-DEFAULT_THREADS = torch.get_num_threads()
+def channels(tuned: bool) -> torch.memory_format:
+    return torch.channels_last if tuned else torch.contiguous_format
 
 
 def plain_loop_images_per_second(
@@ -91,42 +70,67 @@ def plain_loop_images_per_second(
 ) -> list[float]:
     """The baseline: a plain PyTorch loop, nothing of ours but the same transforms."""
     torch.manual_seed(0)
-    with PlainTorch(tuned, workers) as plain:
-        model, cfg = preprocessing(backbone, image_size)
-        model = plain.model(model)
-        data = ImageFolder(str(train_dir), transform=create_train_transform(cfg))
-        loader = DataLoader(
-            data, batch_size=batch_size, shuffle=True, num_workers=workers,
-            persistent_workers=workers > 0,
-        )  # fmt: skip
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        model.train()
-        rates = []
-        for _ in range(epochs):
-            start = time.perf_counter()
-            for x, y in loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(plain.images(x)), y).backward()
-                optimizer.step()
-            rates.append(len(data) / (time.perf_counter() - start))
+    model, cfg = preprocessing(backbone, image_size)
+    model = model.to(memory_format=channels(tuned))
+    data = ImageFolder(str(train_dir), transform=create_train_transform(cfg))
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=True, num_workers=workers,
+        persistent_workers=workers > 0,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    rates = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x.contiguous(memory_format=channels(tuned))), y).backward()
+            optimizer.step()
+        rates.append(len(data) / (time.perf_counter() - start))
     return rates
 
 
 def forward_pass_seconds(
     train_dir: Path, backbone: str, image_size: int, batch_size: int, workers: int, tuned: bool
 ) -> float:
-    with PlainTorch(tuned, workers) as plain:
-        model, cfg = preprocessing(backbone, image_size)
-        model = plain.model(model)
-        data = ImageFolder(str(train_dir), transform=create_eval_transform(cfg))
-        loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
-        model.eval()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for x, _ in loader:
-                model.forward_head(model.forward_features(plain.images(x)), pre_logits=True)
-        return time.perf_counter() - start
+    model, cfg = preprocessing(backbone, image_size)
+    model = model.to(memory_format=channels(tuned)).eval()
+    data = ImageFolder(str(train_dir), transform=create_eval_transform(cfg))
+    loader = DataLoader(data, batch_size=batch_size, num_workers=workers)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, _ in loader:
+            images = x.contiguous(memory_format=channels(tuned))
+            model.forward_head(model.forward_features(images), pre_logits=True)
+    return time.perf_counter() - start
+
+
+def _reference(args: tuple) -> tuple[float, float]:
+    # This process was spawned; its DataLoader workers fork, as they would in a plain script.
+    multiprocessing.set_start_method("fork", force=True)
+    train_dir, backbone, size, batch_size, workers, epochs, tuned = args
+    rates = plain_loop_images_per_second(
+        train_dir, backbone, size, batch_size, workers, epochs, tuned
+    )
+    forward = forward_pass_seconds(train_dir, backbone, size, batch_size, workers, tuned)
+    return statistics.median(rates[1:]), forward
+
+
+def reference(*args: object, tuned: bool) -> tuple[float, float]:
+    """(plain training images/s, forward-pass seconds), measured in a fresh process: libgomp
+    reads OMP_WAIT_POLICY once, when torch loads."""
+    saved = os.environ.pop("OMP_WAIT_POLICY", None)
+    if tuned:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            return pool.submit(_reference, (*args, tuned)).result()
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if saved is not None:
+            os.environ["OMP_WAIT_POLICY"] = saved
 
 
 def latency(n_jobs: int) -> list[list[object]]:
@@ -195,14 +199,10 @@ def main() -> None:
             # Plain-PyTorch measurements run while the service is idle, in this process.
             plain, forward = {}, {}
             for tuned in (False, True):
-                rates = plain_loop_images_per_second(
+                plain[tuned], forward[tuned] = reference(
                     train_dir, args.backbone, size, args.batch_size, args.workers, args.epochs,
-                    tuned,
+                    tuned=tuned,
                 )  # fmt: skip
-                plain[tuned] = statistics.median(rates[1:])
-                forward[tuned] = forward_pass_seconds(
-                    train_dir, args.backbone, size, args.batch_size, args.workers, tuned
-                )
         throughput_rows.append([
             f"{size}px", f"{service_rate:.0f}", f"{plain[False]:.0f}",
             f"{service_rate / plain[False]:.2f}", f"{plain[True]:.0f}",
@@ -218,12 +218,11 @@ def main() -> None:
         print(f"{size}px done", flush=True)
 
     n = args.train_images
-    threads = torch_threads(Settings(loader_workers=args.workers))
     print(
         f"\n1. Training throughput, {args.backbone}, batch {args.batch_size}, {n} MNIST images, "
         f"{args.workers} loader workers, median of epochs 2..{args.epochs} (target >= 0.9 x "
-        f"textbook). Textbook: {DEFAULT_THREADS} torch threads, contiguous; tuned: {threads} "
-        "thread(s), channels_last, as the worker runs"
+        "textbook). Textbook: torch's defaults; tuned: OMP_WAIT_POLICY=PASSIVE and "
+        "channels_last, as the worker runs"
     )
     print(table(["input", "job img/s", "textbook img/s", "job/textbook", "tuned img/s",
                  "job/tuned"], throughput_rows))  # fmt: skip

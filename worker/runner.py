@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import shutil
 import uuid
@@ -46,31 +45,14 @@ class JobInputError(Exception):
     """The job cannot start for a reason the user can fix (shown as the job's error)."""
 
 
-def torch_threads(settings: Settings) -> int:
-    """Intra-op threads for a worker's torch: ``settings.torch_threads``, else the CPUs this
-    process may run on minus its DataLoader worker processes, at least 1.
-
-    NOTE torch's default is one thread per core, and its OpenMP threads spin-wait for each
-    other: beside loader workers that decode images on the same cores they stall. Measured on 2
-    cores with 2 loader workers, a forward pass of test_resnet over 4,000 MNIST images took
-    3.9-4.6 s with 2 threads and 2.4-2.7 s with 1 (32 px; 8.2 s and 6.3-6.9 s at 64 px).
-    """
-    if settings.torch_threads is not None:
-        return settings.torch_threads
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - settings.loader_workers)
-
-
 def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
     with db.session_scope() as session:
         if not jobs_repo.claim(session, job_id):
             # Already running, finished or cancelled: a redelivery, or a cancel that won the race.
             log.info("job %s not claimed (no longer queued); nothing to do", job_id)
             return "skipped"
-    torch.set_num_threads(torch_threads(settings))
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
     try:
         with db.session_scope() as session:
             job = _load(session, job_id)

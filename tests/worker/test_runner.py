@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from app.db.models import JobMetric, ModelVersion
-from app.settings import Settings
 from tests.api.conftest import error_code, upload
-from worker.runner import execute_job, torch_threads
+from worker.runner import execute_job
 
 
 def submit(client, dataset_id: str, **overrides) -> str:
@@ -43,14 +42,6 @@ def restore_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def test_torch_threads_leave_cores_to_the_loader_workers(monkeypatch):
-    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3})
-    assert torch_threads(Settings(loader_workers=2)) == 2
-    assert torch_threads(Settings(loader_workers=0)) == 4
-    assert torch_threads(Settings(loader_workers=8)) == 1
-    assert torch_threads(Settings(loader_workers=2, torch_threads=3)) == 3
 
 
 def test_finetune_job_end_to_end_in_process(
