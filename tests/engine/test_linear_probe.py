@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from app.engine import Callback, Hyperparameters, TrainingCancelled, run_training
 from app.engine.loop import seed_everything
@@ -106,3 +107,30 @@ def test_linear_probe_honours_should_stop_during_feature_extraction(small_digits
             device="cpu",
         )
     assert cb.steps == [(0, 1), (0, 2)]
+
+
+def test_head_steps_run_on_one_cpu_thread_and_the_count_is_restored(small_digits):
+    class Threads(Callback):
+        def __init__(self) -> None:
+            self.by_epoch: dict[int, set[int]] = {}
+
+        def on_step(self, epoch, step, steps_per_epoch):
+            self.by_epoch.setdefault(epoch, set()).add(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the package runs on one thread; the job's feature pass uses 2
+    try:
+        seen = Threads()
+        run_training(
+            source=scratch(),
+            strategy="linear_probe",
+            data=small_digits,
+            hparams=Hyperparameters(epochs=2, batch_size=32, image_size=32),
+            callbacks=[seen],
+            device="cpu",
+        )
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen.by_epoch == {0: {2}, 1: {1}, 2: {1}}
+    assert after == 2

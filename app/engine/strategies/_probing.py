@@ -2,11 +2,12 @@
 
 NOTE the backbone is frozen and in eval mode, so its features for an image never change: one
 forward pass over train + val, cached as a (N, C) tensor on the job's device, replaces a pass per
-epoch. A head step is then one small matmul with its backward and a fused optimizer step: ~0.3 ms
-on 2 CPU cores, so 30 epochs over 160 images take ~50 ms against ~170 ms for the feature pass of
-the tiny test_resnet at 64 px, and far less than that for real backbones. Features are taken with
-the eval transform: augmentation would make them differ per epoch and defeat the cache, so the
-job's ``augmentation`` does not apply here.
+epoch. A head step is then one small matmul with its backward and a fused optimizer step, run on
+one CPU thread (``Runtime.small_ops``): 0.3-0.7 ms of eager PyTorch overhead on 2 CPU cores, so
+30 epochs over 4,000 images at batch 64 cost ~0.6-1.4 s, against 2.6 s for one pass of the tiny
+test_resnet over them at 32 px and 12.6 s for resnet10t at 64 px (bench/speed.py). Features are
+taken with the eval transform: augmentation would make them differ per epoch and defeat the
+cache, so the job's ``augmentation`` does not apply here.
 """
 
 from __future__ import annotations
@@ -136,6 +137,22 @@ def run_probe_phase(
     history: list[EpochMetrics],
 ) -> tuple[EvalStats, int]:
     """Train ``head`` on cached features; (validation of the head it leaves, epochs run)."""
+    with ctx.runtime.small_ops():
+        return _train_head(
+            ctx, head, feats, phase=phase, first_epoch=first_epoch, epochs=epochs, history=history
+        )
+
+
+def _train_head(
+    ctx: FitContext,
+    head: nn.Module,
+    feats: Features,
+    *,
+    phase: str,
+    first_epoch: int,
+    epochs: int,
+    history: list[EpochMetrics],
+) -> tuple[EvalStats, int]:
     hp, runtime, callbacks = ctx.hparams, ctx.runtime, ctx.callbacks
     n_train = feats.train_x.shape[0]
     steps_per_epoch = head_steps_per_epoch(ctx)
