@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint bench-transfer bench-speed clean
+.PHONY: serve test lint bench-transfer bench-speed bench-cpu clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench-transfer: $(BIN)/.installed
 
 bench-speed: $(BIN)/.installed
 	$(BIN)/python bench/speed.py
+
+bench-cpu: $(BIN)/.installed
+	$(BIN)/python bench/cpu_settings.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

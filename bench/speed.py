@@ -10,7 +10,7 @@ it (torch's defaults: spinning OpenMP threads, contiguous tensors), which is wha
 compare with, and tuned as the worker runs (OMP_WAIT_POLICY=PASSIVE, channels_last), which
 shows what is left of the service's own overhead.
 
-    .venv/bin/python bench/speed.py                  # about 10 minutes on 2 CPU cores
+    .venv/bin/python bench/speed.py                  # about 15 minutes on 2 CPU cores
     .venv/bin/python bench/speed.py --skip-latency   # without Postgres/Redis
 
 Run it on an otherwise idle machine: two processes that both use every core slow each other
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3, help="finetune epochs, both sides")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, both sides")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--latency-jobs", type=int, default=20)
