@@ -138,76 +138,62 @@ def run_probe_phase(
 ) -> tuple[EvalStats, int]:
     """Train ``head`` on cached features; (validation of the head it leaves, epochs run)."""
     with ctx.runtime.small_ops():
-        return _train_head(
-            ctx, head, feats, phase=phase, first_epoch=first_epoch, epochs=epochs, history=history
-        )
-
-
-def _train_head(
-    ctx: FitContext,
-    head: nn.Module,
-    feats: Features,
-    *,
-    phase: str,
-    first_epoch: int,
-    epochs: int,
-    history: list[EpochMetrics],
-) -> tuple[EvalStats, int]:
-    hp, runtime, callbacks = ctx.hparams, ctx.runtime, ctx.callbacks
-    n_train = feats.train_x.shape[0]
-    steps_per_epoch = head_steps_per_epoch(ctx)
-    optimizer = create_optimizer(head.parameters(), hp)
-    criterion = create_criterion(hp, feats.train_y.tolist(), len(ctx.class_names), runtime.device)
-    clip_params = [p for p in head.parameters() if p.requires_grad]
-    stopper = EarlyStopping(head, hp)
-    # CPU generator: one seeded draw of indices per epoch, independent of the device.
-    generator = torch.Generator().manual_seed(hp.seed)
-    weights = None
-    if hp.sampler == "balanced":
-        weights = balanced_sample_weights(feats.train_y.tolist())
-    val = None
-    ran = 0
-    for index in range(1, epochs + 1):
-        epoch = first_epoch + index - 1
-        start = time.perf_counter()
-        lr = set_epoch_lr(optimizer, lr_factor(index, epochs, hp))
-        head.train()
-        if weights is None:
-            order = torch.randperm(n_train, generator=generator)
-        else:
-            order = torch.multinomial(weights, n_train, replacement=True, generator=generator)
-        order = order.to(runtime.device)
-        loss_sum = torch.zeros((), device=runtime.device)
-        for step, first in enumerate(range(0, n_train, hp.batch_size), 1):
-            idx = order[first : first + hp.batch_size]
-            loss = criterion(head(feats.train_x[idx]), feats.train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if hp.grad_clip_norm is not None:
-                nn.utils.clip_grad_norm_(clip_params, hp.grad_clip_norm, foreach=True)
-            optimizer.step()
-            loss_sum.add_(loss.detach(), alpha=idx.numel())
-            callbacks.step(epoch, step, steps_per_epoch)
-        train_loss = loss_sum.item() / n_train
-        train_seconds = time.perf_counter() - start
-        check_finite(train_loss, epoch)
-        head.eval()
-        with torch.inference_mode():
-            val = evaluate_logits(head(feats.val_x), feats.val_y)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            phase=phase,
-            train_loss=train_loss,
-            val_loss=val.loss,
-            val_accuracy=val.accuracy,
-            learning_rate=lr,
-            images_per_second=n_train / train_seconds if train_seconds > 0 else 0.0,
-            seconds=time.perf_counter() - start,
-        )
-        history.append(metrics)
-        callbacks.on_epoch_end(metrics)
-        ran = index
-        if stopper.update(metrics, val):
-            break
-    assert val is not None  # epochs >= 1
-    return stopper.restore(val), ran
+        hp, runtime, callbacks = ctx.hparams, ctx.runtime, ctx.callbacks
+        n_train = feats.train_x.shape[0]
+        steps_per_epoch = head_steps_per_epoch(ctx)
+        optimizer = create_optimizer(head.parameters(), hp)
+        labels = feats.train_y.tolist()
+        criterion = create_criterion(hp, labels, len(ctx.class_names), runtime.device)
+        clip_params = [p for p in head.parameters() if p.requires_grad]
+        stopper = EarlyStopping(head, hp)
+        # CPU generator: one seeded draw of indices per epoch, independent of the device.
+        generator = torch.Generator().manual_seed(hp.seed)
+        weights = None
+        if hp.sampler == "balanced":
+            weights = balanced_sample_weights(feats.train_y.tolist())
+        val = None
+        ran = 0
+        for index in range(1, epochs + 1):
+            epoch = first_epoch + index - 1
+            start = time.perf_counter()
+            lr = set_epoch_lr(optimizer, lr_factor(index, epochs, hp))
+            head.train()
+            if weights is None:
+                order = torch.randperm(n_train, generator=generator)
+            else:
+                order = torch.multinomial(weights, n_train, replacement=True, generator=generator)
+            order = order.to(runtime.device)
+            loss_sum = torch.zeros((), device=runtime.device)
+            for step, first in enumerate(range(0, n_train, hp.batch_size), 1):
+                idx = order[first : first + hp.batch_size]
+                loss = criterion(head(feats.train_x[idx]), feats.train_y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if hp.grad_clip_norm is not None:
+                    nn.utils.clip_grad_norm_(clip_params, hp.grad_clip_norm, foreach=True)
+                optimizer.step()
+                loss_sum.add_(loss.detach(), alpha=idx.numel())
+                callbacks.step(epoch, step, steps_per_epoch)
+            train_loss = loss_sum.item() / n_train
+            train_seconds = time.perf_counter() - start
+            check_finite(train_loss, epoch)
+            head.eval()
+            with torch.inference_mode():
+                val = evaluate_logits(head(feats.val_x), feats.val_y)
+            metrics = EpochMetrics(
+                epoch=epoch,
+                phase=phase,
+                train_loss=train_loss,
+                val_loss=val.loss,
+                val_accuracy=val.accuracy,
+                learning_rate=lr,
+                images_per_second=n_train / train_seconds if train_seconds > 0 else 0.0,
+                seconds=time.perf_counter() - start,
+            )
+            history.append(metrics)
+            callbacks.on_epoch_end(metrics)
+            ran = index
+            if stopper.update(metrics, val):
+                break
+        assert val is not None  # epochs >= 1
+        return stopper.restore(val), ran
