@@ -58,10 +58,11 @@ class Runtime:
 
     NOTE ``channels_last``: a model placed with ``place_model`` keeps its convolution weights in
     NHWC, and ``to()`` hands it NHWC image batches. oneDNN on CPU (and cuDNN's tensor-core
-    kernels) run most convolutions faster so. Measured on 2 CPU cores, one torch thread, batch
-    64: test_resnet eval 28 -> 13 ms at 32 px and 94 -> 51 ms at 64 px, resnet10t 327 -> 207 ms
-    at 64 px; training steps 0.7-1.05x their time; ViTs unchanged. Weights are saved contiguous
-    (``release_model``): safetensors refuses NHWC tensors, and loaders expect the usual layout.
+    kernels) run most convolutions faster so: bench/cpu_settings.py measured, with passive
+    OpenMP waiting on 2 cores, test_resnet forward 1,331 -> 1,885 images/s at 32 px and
+    training 508 -> 600; resnet10t forward 244 -> 337 and training 77 -> 88 at 64 px. Weights are
+    saved contiguous (``release_model``): safetensors refuses NHWC tensors, and loaders expect the
+    usual layout.
     """
 
     device: torch.device
@@ -98,9 +99,10 @@ class Runtime:
         """Run ops too small to share out (a probe's head steps) on one CPU thread.
 
         NOTE each intra-op parallel region wakes torch's other threads, which sleep between
-        regions (OMP_WAIT_POLICY=PASSIVE, see app/cpu.py). A linear head step on 64 cached
-        features is all such overhead: 1,890 steps took 3.25 s on 2 threads, against 1.36 s on
-        one (2 CPU cores). On CUDA this changes nothing.
+        regions (OMP_WAIT_POLICY=PASSIVE, see app/cpu.py). A linear head step on a batch of
+        cached features is all such overhead: bench/speed.py measured 30 head epochs (1,890
+        steps) at 3.25 s on 2 threads and 1.55 s on one (2 CPU cores). On CUDA this changes
+        nothing.
         """
         if self.device.type != "cpu":
             yield
