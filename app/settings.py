@@ -16,10 +16,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from app.storage.layout import DataLayout
 
 EMBEDDED_BROKER = "filesystem://"
+# Passwords that ship in examples and compose files: production refuses to run with them.
+DEFAULT_SECRETS = frozenset({"", "transferlab", "postgres", "password", "changeme", "secret"})
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,31 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Network exposure. Both lists are comma-separated; empty means the check is off.
+    allowed_hosts: str = Field(
+        default="",
+        description="Host header allow-list, e.g. 'api.example.com,127.0.0.1' (DNS rebinding)",
+    )
+    cors_origins: str = Field(
+        default="", description="origins allowed to call the API from a browser; empty: none"
+    )
+    api_key_cache_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="how long an API process trusts a key it has checked; a key revoked from "
+        "another process is refused within this time",
+    )
+    idempotency_ttl_s: float = Field(
+        default=24 * 3600.0, gt=0, description="how long an Idempotency-Key is remembered"
+    )
+    # Observability.
+    log_format: Literal["auto", "text", "json"] = Field(
+        default="auto", description="auto: JSON in production, text in dev"
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, description="port of a worker's Prometheus endpoint; default: none"
+    )
+
     # Upload and ingest limits (see app.storage.datasets.IngestLimits for what each guards).
     max_upload_bytes: int = 2 * 2**30
     max_archive_entries: int = 100_000
@@ -45,6 +73,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 89_478_485
     max_predict_files: int = 64
     max_predict_bytes: int = 64 * 2**20
+    max_json_bytes: int = Field(default=256 * 2**10, description="largest JSON request body")
 
     # Worker and serving.
     device: str = "auto"
@@ -72,7 +101,27 @@ class Settings(BaseSettings):
                 raise ValueError("environment=production needs a server database, not SQLite")
             if self.broker_url == EMBEDDED_BROKER:
                 raise ValueError("environment=production needs a real broker (Redis)")
+            password = make_url(url).password
+            if password is None or str(password) in DEFAULT_SECRETS:
+                raise ValueError(
+                    "environment=production refuses a database URL without a password or with a "
+                    "default one; set a strong password in TRANSFERLAB_DATABASE_URL"
+                )
         return self
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format == "auto":
+            return self.environment == "production"
+        return self.log_format == "json"
 
     @property
     def layout(self) -> DataLayout:

@@ -1,8 +1,18 @@
 """ORM models, one table per module. Importing this package registers them all on Base."""
 
+from app.db.models.api_key import ApiKey
 from app.db.models.dataset import Dataset
+from app.db.models.idempotency import IdempotencyRecord
 from app.db.models.job import Job, JobStatus
 from app.db.models.job_metric import JobMetric
 from app.db.models.model_version import ModelVersion
 
-__all__ = ["Dataset", "Job", "JobMetric", "JobStatus", "ModelVersion"]
+__all__ = [
+    "ApiKey",
+    "Dataset",
+    "IdempotencyRecord",
+    "Job",
+    "JobMetric",
+    "JobStatus",
+    "ModelVersion",
+]

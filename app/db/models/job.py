@@ -44,6 +44,9 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # A stable, machine-readable reason beside the message of a failed job (worker_lost,
+    # invalid_spec, dataset_missing, internal_error, ...): safe to branch on, like API error codes.
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
