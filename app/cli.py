@@ -8,13 +8,13 @@ otherwise. The other commands are what docker-compose runs, one per service.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import subprocess
 import sys
 
 from app.cpu import prefer_passive_openmp
+from app.observability import configure_logging
 from app.settings import Settings, get_settings
 
 
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    configure_logging(settings, service="worker" if args.command == "worker" else "api")
     host = getattr(args, "host", None) or settings.host
     port = getattr(args, "port", None) or settings.port
     if args.command == "migrate":

@@ -12,6 +12,7 @@ from app.api import catalog, datasets, health, jobs, models
 from app.api.errors import install_error_handlers
 from app.api.limits import UploadSizeLimit
 from app.db.session import Database
+from app.observability import install_observability
 from app.queue import JobQueue
 from app.serving.cache import ModelCache
 from app.settings import Settings, get_settings
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = JobQueue(settings)
     app.state.model_cache = ModelCache(settings.model_cache_size)
     install_error_handlers(app)
+    install_observability(app, settings)
     app.add_middleware(UploadSizeLimit, path="/v1/datasets", max_bytes=settings.max_upload_bytes)
     for module in (datasets, jobs, models, catalog, health):
         app.include_router(module.router)
