@@ -35,6 +35,62 @@ def migrate(settings: Settings) -> None:
     print(f"database is at the latest schema: {_redact(settings.resolved_database_url)}")
 
 
+def keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`keys create|list|revoke`, straight on the database (the API need not run)."""
+    from app.db.migrate import upgrade
+    from app.db.session import Database
+    from app.errors import ServiceError
+    from app.services import keys as key_service
+
+    settings.layout.ensure()
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session_scope() as session:
+            if args.keys_command == "create":
+                row, secret = key_service.create_key(
+                    session, name=args.name, scopes=args.scopes.split(",")
+                )
+                # The key alone on stdout, so that KEY=$(transferlab keys create ...) works.
+                print(secret)
+                print(
+                    f"created key {row.prefix} ({row.name}: {', '.join(row.scopes)}); it is "
+                    "shown only now",
+                    file=sys.stderr,
+                )
+            elif args.keys_command == "list":
+                print(f"{'prefix':<14}{'name':<20}{'scopes':<28}{'last used':<27}revoked")
+                for k in key_service.list_keys(session):
+                    used = k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else "-"
+                    revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
+                    print(f"{k.prefix:<14}{k.name:<20}{','.join(k.scopes):<28}{used:<27}{revoked}")
+            else:
+                row = key_service.revoke_key(session, args.key)
+                print(f"revoked key {row.prefix} ({row.name})", file=sys.stderr)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    return 0
+
+
+def bootstrap_admin_key(settings: Settings) -> str | None:
+    """The embedded default's first start: make an admin key so the API is usable at once."""
+    from app.db.session import Database
+    from app.services import keys as key_service
+
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session_scope() as session:
+            if key_service.count_active(session):
+                return None
+            _, secret = key_service.create_key(session, name="admin", scopes=["admin"])
+            return secret
+    finally:
+        db.dispose()
+
+
 def worker_command(loglevel: str = "INFO") -> list[str]:
     # solo pool: one job at a time in the worker's own process. A GPU worker runs one job per
     # device anyway, and no fork happens after CUDA is initialised.
@@ -60,6 +116,15 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 def serve(settings: Settings, host: str, port: int) -> int:
     migrate(settings)
+    first_key = bootstrap_admin_key(settings)
+    if first_key:
+        print(
+            "\nNo API key existed, so an admin key was created. It is shown only this once:\n\n"
+            f"  {first_key}\n\n"
+            "Send it as `Authorization: Bearer <key>`. Make more (or narrower) keys with\n"
+            "  transferlab keys create --scopes read,train,predict --name <who>\n",
+            flush=True,
+        )
     worker = subprocess.Popen(worker_command(), env=os.environ.copy())
     print(
         "TransferLab (embedded)\n"
@@ -104,6 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker", help="run one Celery training worker")
     w.add_argument("--loglevel", default="INFO")
     sub.add_parser("migrate", help="apply database migrations")
+    k = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    kc = k.add_parser("create", help="create a key; prints it (only) on stdout")
+    kc.add_argument("--scopes", required=True, help="comma-separated: read,train,predict,admin")
+    kc.add_argument("--name", required=True, help="who or what uses the key")
+    k.add_parser("list", help="list keys (never their secrets)")
+    kr = k.add_parser("revoke", help="revoke a key")
+    kr.add_argument("key", help="the key's id or prefix")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -113,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         migrate(settings)
         return 0
+    if args.command == "keys":
+        return keys_command(settings, args)
     if args.command == "serve":
         return serve(settings, host, port)
     if args.command == "api":

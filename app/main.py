@@ -1,28 +1,47 @@
-"""create_app(): routers, error handlers, shared state."""
+"""create_app(): routers, error handlers, middleware, shared state."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import catalog, datasets, health, jobs, models
+from app.api import catalog, datasets, health, jobs, keys, models
+from app.api.auth import ApiKeyAuth, KeyCache, route_scopes
 from app.api.errors import install_error_handlers
-from app.api.limits import UploadSizeLimit
+from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
 from app.db.session import Database
 from app.observability import install_observability
 from app.queue import JobQueue
+from app.services import keys as key_service
 from app.serving.cache import ModelCache
 from app.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Upload an image dataset, fine-tune a pretrained backbone on it, get a versioned model, predict.
 
+**Authentication.** Every `/v1` endpoint needs an API key with the right scope, sent as
+`Authorization: Bearer tl_...` (`read`: every GET; `train`: upload and delete datasets, submit
+and cancel jobs; `predict`: prediction; `admin`: everything, and keys). Create keys with
+`transferlab keys create --scopes read,train --name ci`. `/healthz` and `/readyz` are open.
+
 Every error has the same shape: `{"error": {"code": "...", "message": "...", "details": {}}}`;
 `code` is stable and safe to branch on.
 """
+
+# Multipart framing around the images of one prediction request (boundaries, part headers).
+PREDICT_OVERHEAD_BYTES = 1 << 20
+
+
+class StartupRefused(RuntimeError):
+    """The service must not start as configured; the message says what to change."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        check_keys_exist(settings, db)
         yield
         db.dispose()
 
@@ -40,14 +60,69 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_observability
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.db = db
     app.state.queue = JobQueue(settings)
     app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_error_handlers(app)
-    install_observability(app, settings)
-    app.add_middleware(UploadSizeLimit, path="/v1/datasets", max_bytes=settings.max_upload_bytes)
-    for module in (datasets, jobs, models, catalog, health):
+    for module in (datasets, jobs, models, catalog, keys, health):
         app.include_router(module.router)
+    install_observability(app, settings)
+    route_scopes(app)  # fails now if a /v1 route declares no scope
+
+    # Starlette runs the middleware added last first. Outermost to innermost: observability
+    # (installed above), host check, CORS (preflights carry no key), the API key check (before
+    # any body is read), then body size limits.
+    app.add_middleware(BodySizeLimit, **body_rules(settings))
+    app.add_middleware(ApiKeyAuth, fastapi_app=app, db=db, cache=app.state.key_cache)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        )
+    if settings.allowed_host_list:
+        app.add_middleware(HostAllowList, allowed=settings.allowed_host_list)
     return app
+
+
+def body_rules(settings: Settings) -> dict:
+    return {
+        "rules": [
+            BodyRule(
+                re.compile(r"/v1/datasets"),
+                settings.max_upload_bytes,
+                "upload_too_large",
+                "split the dataset or raise TRANSFERLAB_MAX_UPLOAD_BYTES",
+            ),
+            BodyRule(
+                re.compile(r"/v1/models/[^/]+/predict"),
+                settings.max_predict_bytes + PREDICT_OVERHEAD_BYTES,
+                "predict_too_large",
+                "send fewer or smaller images per request (TRANSFERLAB_MAX_PREDICT_BYTES)",
+            ),
+        ],
+        "default": BodyRule(
+            re.compile(".*"),
+            settings.max_json_bytes,
+            "body_too_large",
+            "job specs and other JSON bodies are small (TRANSFERLAB_MAX_JSON_BYTES)",
+        ),
+    }
+
+
+def check_keys_exist(settings: Settings, db: Database) -> None:
+    """Production refuses to start without an API key; dev says how to make one."""
+    with db.session_scope() as session:
+        active = key_service.count_active(session)
+    if active:
+        return
+    how = "create one with `transferlab keys create --scopes admin --name ops`"
+    if settings.environment == "production":
+        raise StartupRefused(f"no API key exists, so nobody could use the API; {how}")
+    log.warning("no API key exists: every /v1 request will get 401; %s", how)

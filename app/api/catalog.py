@@ -5,10 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
+from app.api.auth import require_scope
+from app.api.schemas.common import error_responses
 from app.engine import list_backbones as list_timm_backbones
 from app.services.jobs import job_kinds, option_names
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["catalog"],
+    dependencies=[require_scope("read")],
+    responses=error_responses(),
+)
 
 
 class StrategyOut(BaseModel):

@@ -5,6 +5,7 @@ import uuid
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
+from app.api.auth import require_scope
 from app.api.deps import SessionDep, SettingsDep, ValidDataset
 from app.api.schemas.common import Page, error_responses
 from app.api.schemas.datasets import DatasetOut
@@ -20,6 +21,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     response_model=DatasetOut,
     responses=error_responses(413, 415, 422),
     summary="Upload an image dataset",
+    dependencies=[require_scope("train")],
     description=(
         "A .zip, .tar or .tar.gz with one folder per class, optionally under `train/` and "
         "`val/`. Every image is checked; bad files are skipped and listed in `report.rejected`. "
@@ -39,7 +41,13 @@ def create_dataset(
     return DatasetOut.model_validate(dataset)
 
 
-@router.get("", response_model=Page[DatasetOut], summary="List datasets, newest first")
+@router.get(
+    "",
+    response_model=Page[DatasetOut],
+    responses=error_responses(422),
+    summary="List datasets, newest first",
+    dependencies=[require_scope("read")],
+)
 def list_datasets(
     session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
@@ -51,7 +59,11 @@ def list_datasets(
 
 
 @router.get(
-    "/{dataset_id}", response_model=DatasetOut, responses=error_responses(404), summary="A dataset"
+    "/{dataset_id}",
+    response_model=DatasetOut,
+    responses=error_responses(404),
+    summary="A dataset",
+    dependencies=[require_scope("read")],
 )
 def get_dataset(dataset: ValidDataset) -> DatasetOut:
     return DatasetOut.model_validate(dataset)
@@ -62,6 +74,7 @@ def get_dataset(dataset: ValidDataset) -> DatasetOut:
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404, 409),
     summary="Delete a dataset and its files (409 while a queued or running job uses it)",
+    dependencies=[require_scope("train")],
 )
 def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, settings: SettingsDep) -> None:
     folder = service.delete_dataset(session, settings, dataset_id)

@@ -40,9 +40,28 @@ def install_error_handlers(app: FastAPI) -> None:
         return _envelope(422, "validation_error", summary, {"errors": errors})
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail.startswith("Too many files"):
+            # The multipart parser's own cap (1,000 parts) is hit before our handler runs.
+            limit = request.app.state.settings.max_predict_files
+            return _envelope(
+                413,
+                "too_many_files",
+                f"too many files in one request; the limit is {limit}",
+                {"limit": limit},
+            )
+        if exc.status_code == 400:
+            # FastAPI and Starlette raise these for a body they cannot parse (broken multipart
+            # framing, too many form fields): the client's bytes, not our bug.
+            return _envelope(
+                400,
+                "malformed_body",
+                f"the request body could not be parsed ({detail}); send valid JSON or "
+                "multipart/form-data as the endpoint documents",
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _envelope(exc.status_code, code, str(exc.detail))
+        return _envelope(exc.status_code, code, detail)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 
+from app.api.auth import require_scope
 from app.api.deps import QueueDep, SessionDep, SettingsDep, ValidJob
 from app.api.schemas.common import Page, as_utc, error_responses
 from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut, Progress
@@ -68,6 +69,7 @@ def job_out(job: Job, session: SessionDep) -> JobOut:
     response_model=JobOut,
     responses=error_responses(404, 422, 503),
     summary="Submit a training job",
+    dependencies=[require_scope("train")],
     description=(
         "Validates the spec (strategy, backbone, hyperparameters), stores the job as `queued` "
         "and hands its id to a worker. Poll `GET /v1/jobs/{id}` for progress."
@@ -91,7 +93,13 @@ def create_job(body: JobCreate, session: SessionDep, queue: QueueDep) -> JobOut:
     return job_out(job, session)
 
 
-@router.get("", response_model=Page[JobOut], summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=Page[JobOut],
+    responses=error_responses(422),
+    summary="List jobs, newest first",
+    dependencies=[require_scope("read")],
+)
 def list_jobs(
     session: SessionDep,
     status: str | None = JobStatusQuery,
@@ -109,6 +117,7 @@ def list_jobs(
     response_model=JobOut,
     responses=error_responses(404),
     summary="A job: status, progress, latest metrics, timings, error",
+    dependencies=[require_scope("read")],
 )
 def get_job(job: ValidJob, session: SessionDep) -> JobOut:
     return job_out(job, session)
@@ -119,6 +128,7 @@ def get_job(job: ValidJob, session: SessionDep) -> JobOut:
     response_model=JobMetricsOut,
     responses=error_responses(404),
     summary="Per-epoch metrics: losses, validation accuracy, learning rate, images/s",
+    dependencies=[require_scope("read")],
 )
 def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
     rows = repo.metrics(session, job.id)
@@ -130,6 +140,7 @@ def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
     response_class=FileResponse,
     responses={200: {"content": {"application/zip": {}}}, **error_responses(404, 409)},
     summary="Download the embeddings of an extract_features job",
+    dependencies=[require_scope("read")],
     description=(
         "A zip of `features.npy` (N x D float32, one row per image), `index.csv` (row, split, "
         "label, class, path inside the dataset) and `meta.json` (backbone, feature layer, "
@@ -147,6 +158,7 @@ def download_features(job: ValidJob, settings: SettingsDep) -> FileResponse:
     response_model=JobOut,
     responses=error_responses(404, 409),
     summary="Cancel a job",
+    dependencies=[require_scope("train")],
     description=(
         "A queued job is cancelled at once. A running job gets `cancel_requested: true` and its "
         "worker stops at the next step boundary, then the status becomes `cancelled`."

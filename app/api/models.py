@@ -5,6 +5,7 @@ from pathlib import Path
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import FileResponse
 
+from app.api.auth import require_scope
 from app.api.deps import ModelCacheDep, SessionDep, SettingsDep, ValidModel
 from app.api.schemas.common import Page, error_responses
 from app.api.schemas.models import ClassScore, ImagePrediction, ModelOut, PredictionOut
@@ -16,7 +17,13 @@ from app.serving.predict import predict_uploads
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=Page[ModelOut], summary="List model versions, newest first")
+@router.get(
+    "",
+    response_model=Page[ModelOut],
+    responses=error_responses(422),
+    summary="List model versions, newest first",
+    dependencies=[require_scope("read")],
+)
 def list_models(
     session: SessionDep,
     name: str | None = Query(None, description="only versions of this model name"),
@@ -33,6 +40,7 @@ def list_models(
     response_model=ModelOut,
     responses=error_responses(404),
     summary="A model version: classes, metrics and lineage",
+    dependencies=[require_scope("read")],
 )
 def get_model(model: ValidModel) -> ModelOut:
     return ModelOut.model_validate(model)
@@ -44,6 +52,7 @@ def get_model(model: ValidModel) -> ModelOut:
     responses={200: {"content": {"application/zip": {}}}, **error_responses(404)},
     summary="Download the model: model.safetensors + model.json (architecture, classes, "
     "preprocessing) in a zip",
+    dependencies=[require_scope("read")],
 )
 def download_model(model: ValidModel) -> FileResponse:
     path = service.download_archive(model)
@@ -55,6 +64,7 @@ def download_model(model: ValidModel) -> FileResponse:
     response_model=PredictionOut,
     responses=error_responses(404, 413, 422),
     summary="Classify one or several images",
+    dependencies=[require_scope("predict")],
     description=(
         "Multipart field `files`, repeated once per image. Each image gets the top-k classes "
         "with probabilities, computed with exactly the model's evaluation preprocessing. "

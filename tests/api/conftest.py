@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from app.db.migrate import upgrade
 from app.db.session import Database
 from app.main import create_app
+from app.services import keys as key_service
 from app.settings import Settings
 
 
@@ -22,9 +23,28 @@ def settings(tmp_path: Path) -> Settings:
     return s
 
 
+def make_key(settings: Settings, scopes: list[str], name: str = "test") -> str:
+    """A real API key in the test database (as `transferlab keys create` makes one)."""
+    database = Database(settings.resolved_database_url)
+    with database.session_scope() as session:
+        _, secret = key_service.create_key(session, name=name, scopes=scopes)
+    database.dispose()
+    return secret
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+def admin_key(settings: Settings) -> str:
+    return make_key(settings, ["admin"], name="admin")
+
+
+@pytest.fixture
+def client(settings: Settings, admin_key: str) -> Iterator[TestClient]:
+    """The app, called with an admin key (tests of scopes make their own keys)."""
+    with TestClient(create_app(settings), headers=bearer(admin_key)) as c:
         yield c
 
 

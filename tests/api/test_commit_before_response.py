@@ -18,10 +18,12 @@ from sqlalchemy import text
 from app.db.session import Database
 from app.main import create_app
 from app.settings import Settings
-from tests.api.conftest import upload
+from tests.api.conftest import bearer, upload
 
 
-def client_observing(settings: Settings, look: Callable[[], Any], seen: list[Any]) -> TestClient:
+def client_observing(
+    settings: Settings, key: str, look: Callable[[], Any], seen: list[Any]
+) -> TestClient:
     """A TestClient whose app calls ``look()`` when it starts sending each HTTP response."""
     app = create_app(settings)
 
@@ -33,23 +35,25 @@ def client_observing(settings: Settings, look: Callable[[], Any], seen: list[Any
 
         await app(scope, receive, send_and_look)
 
-    return TestClient(observed)
+    return TestClient(observed, headers=bearer(key))
 
 
-def test_uploaded_dataset_is_committed_before_the_response(settings, db: Database, digits_zip):
+def test_uploaded_dataset_is_committed_before_the_response(
+    admin_key, settings, db: Database, digits_zip
+):
     def datasets_in_db() -> int:
         with db.engine.connect() as conn:
             return conn.execute(text("SELECT count(*) FROM datasets")).scalar_one()
 
     seen: list[int] = []
-    with client_observing(settings, datasets_in_db, seen) as client:
+    with client_observing(settings, admin_key, datasets_in_db, seen) as client:
         r = upload(client, digits_zip())
     assert r.status_code == 201
     assert seen == [1]
 
 
-def test_cancel_is_committed_before_the_response(settings, db: Database, digits_zip):
-    with TestClient(create_app(settings)) as client:
+def test_cancel_is_committed_before_the_response(admin_key, settings, db: Database, digits_zip):
+    with TestClient(create_app(settings), headers=bearer(admin_key)) as client:
         dataset_id = upload(client, digits_zip()).json()["id"]
         spec = {"strategy": "finetune", "base_model": "timm:test_resnet", "pretrained": False,
                 "dataset_id": dataset_id}  # fmt: skip
@@ -62,7 +66,7 @@ def test_cancel_is_committed_before_the_response(settings, db: Database, digits_
             ).scalar_one()
 
     seen: list[str] = []
-    with client_observing(settings, job_status, seen) as client:
+    with client_observing(settings, admin_key, job_status, seen) as client:
         r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 202 and r.json()["status"] == "cancelled"
     assert [s.lower() for s in seen] == ["cancelled"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.db.models import Dataset
-from tests.api.conftest import error_code, upload
+from tests.api.conftest import bearer, error_code, upload
 
 
 def assert_nothing_left(settings, db) -> None:
@@ -110,26 +110,26 @@ def test_archive_bomb_by_ratio(client, settings, db, tmp_path):
     assert_nothing_left(settings, db)
 
 
-def test_archive_bomb_by_total_size(settings, db, tmp_path, digits_zip):
+def test_archive_bomb_by_total_size(admin_key, settings, db, tmp_path, digits_zip):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
     small = settings.model_copy(update={"max_extracted_bytes": 4096})
-    with TestClient(create_app(small)) as c:
+    with TestClient(create_app(small), headers=bearer(admin_key)) as c:
         r = upload(c, digits_zip(per_class=10, name="big.zip"))
     assert r.status_code == 413
     assert error_code(r) == "archive_too_large"
     assert_nothing_left(settings, db)
 
 
-def test_upload_over_the_size_limit(settings, db, digits_zip):
+def test_upload_over_the_size_limit(admin_key, settings, db, digits_zip):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
 
     small = settings.model_copy(update={"max_upload_bytes": 1000})
-    with TestClient(create_app(small)) as c:
+    with TestClient(create_app(small), headers=bearer(admin_key)) as c:
         r = upload(c, digits_zip(per_class=10, name="big2.zip"))
     assert r.status_code == 413
     assert error_code(r) == "upload_too_large"
@@ -184,7 +184,7 @@ def test_delete_dataset_in_use_is_409(client, settings, digits_zip):
     assert settings.layout.dataset_dir(ds["id"]).exists()
 
 
-def test_chunked_upload_over_the_limit_is_cut_off(settings, db):
+def test_chunked_upload_over_the_limit_is_cut_off(admin_key, settings, db):
     """No Content-Length to check up front: the body is counted as it arrives, and the app's own
     answer to the cut-off body (FastAPI's 400 about parsing) is replaced by the 413. (TestClient
     reads the whole generator anyway, so how early the server stops is not observable here.)"""
@@ -203,7 +203,7 @@ def test_chunked_upload_over_the_limit_is_cut_off(settings, db):
             yield b"x" * 1024
         yield b"\r\n--b--\r\n"
 
-    with TestClient(create_app(small)) as c:
+    with TestClient(create_app(small), headers=bearer(admin_key)) as c:
         r = c.post(
             "/v1/datasets",
             content=body(),

@@ -5,7 +5,12 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.naming import SLUG_PATTERN  # noqa: F401  (re-exported for the schemas)
+
 T = TypeVar("T")
+
+# Deep pages are refused rather than sent to the database as a 64-bit overflow.
+MAX_OFFSET = 1_000_000
 
 
 def as_utc(value: datetime) -> datetime:
@@ -52,9 +57,14 @@ class ErrorResponse(BaseModel):
     )
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses an endpoint can return."""
+def error_responses(*codes: int, auth: bool = True) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an endpoint can return (with ``auth``, also 401 and
+    403, which every endpoint that needs a key can return)."""
+    codes = tuple(sorted({*codes, *((401, 403) if auth else ())}))
     descriptions = {
+        400: "Malformed request",
+        401: "Missing or invalid API key",
+        403: "The API key lacks the scope this endpoint needs",
         404: "Not found",
         409: "Conflict with the current state",
         413: "Too large",

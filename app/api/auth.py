@@ -1,0 +1,253 @@
+"""API keys at the edge: an ASGI middleware that authenticates before any body is read.
+
+FastAPI reads a form body before it resolves dependencies, so a dependency alone would spool a
+2 GiB unauthenticated upload to disk before refusing it. The middleware therefore decides from the
+route and the Authorization header alone. Each route declares the scope it needs with
+``dependencies=[require_scope("train")]``; the same object is the middleware's source of truth
+(read once from the routes) and, as a dependency, documents the bearer scheme in OpenAPI and checks
+the scope again inside the request (defence in depth). A /v1 route without a scope makes
+``create_app`` fail: nothing under /v1 is open by accident.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import anyio
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.params import Depends as DependsParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.limits import send_error
+from app.db.session import Database
+from app.errors import ServiceError
+from app.services import keys as key_service
+from app.services.keys import Principal
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer tl_...` (`transferlab keys create`)",
+)
+# How often a key's last_used_at is written at most: not on every request.
+TOUCH_EVERY_S = 60.0
+
+
+class Unauthenticated(ServiceError):
+    status_code = 401
+    code = "unauthenticated"
+
+
+class InsufficientScope(ServiceError):
+    status_code = 403
+    code = "insufficient_scope"
+
+
+class _ScopeCheck:
+    """The dependency behind ``require_scope``: the scope it needs is an attribute."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def __call__(
+        self,
+        request: Request,
+        _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ) -> Principal:
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:  # the middleware lets no such request through; never trust that
+            raise Unauthenticated("this endpoint needs an API key")
+        if not principal.allows(self.scope):
+            raise _insufficient(principal, self.scope)
+        return principal
+
+
+def require_scope(scope: str) -> DependsParam:
+    if scope not in key_service.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+    # Security(..., scopes=) puts the scope into the operation's OpenAPI security requirement,
+    # {"ApiKey": ["train"]}: clients see it, and the middleware reads it from there.
+    return Security(_ScopeCheck(scope), scopes=[scope])
+
+
+def current_principal(request: Request) -> Principal:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        raise Unauthenticated("this endpoint needs an API key")
+    return principal
+
+
+def _insufficient(principal: Principal, scope: str) -> InsufficientScope:
+    return InsufficientScope(
+        f"the API key {principal.name!r} lacks the {scope!r} scope this endpoint needs; use a key "
+        f"with it (`transferlab keys create --scopes {scope}`)",
+        details={"required": scope, "granted": sorted(principal.scopes)},
+    )
+
+
+@dataclass(frozen=True)
+class RouteScope:
+    method: str
+    path: re.Pattern[str]
+    scope: str | None
+
+
+def route_scopes(app: FastAPI) -> list[RouteScope]:
+    """Each operation's method, path and scope, read from the app's OpenAPI schema.
+
+    The schema is FastAPI's public, flattened view of every route (router prefixes and router-level
+    dependencies applied), and the scope in it is exactly what clients are told. An operation
+    under /v1 without a scope is an error: nothing there is open by accident.
+    """
+    found = []
+    for template, operations in app.openapi().get("paths", {}).items():
+        # /v1/jobs/{job_id} -> ^/v1/jobs/[^/]+$ (path parameters never span a '/').
+        pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+        for method, operation in operations.items():
+            scopes = {s for req in operation.get("security") or [] for v in req.values() for s in v}
+            if len(scopes) > 1:
+                raise RuntimeError(f"{method} {template} declares several scopes: {scopes}")
+            scope = scopes.pop() if scopes else None
+            if scope is None and template.startswith("/v1"):
+                raise RuntimeError(f"{method} {template} declares no scope: add require_scope")
+            found.append(RouteScope(method.upper(), pattern, scope))
+    return found
+
+
+class KeyCache:
+    """Keys checked recently, by hash, so that a prediction costs no database round trip."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[Principal | None, float]] = {}
+        self._touched: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> tuple[bool, Principal | None]:
+        with self._lock:
+            hit = self._items.get(digest)
+            if hit is None or hit[1] < time.monotonic():
+                return False, None
+            return True, hit[0]
+
+    def put(self, digest: str, principal: Principal | None) -> None:
+        with self._lock:
+            if len(self._items) > 10_000:  # a flood of random keys must not grow it forever
+                self._items.clear()
+            self._items[digest] = (principal, time.monotonic() + self.ttl_s)
+
+    def due_for_touch(self, digest: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._touched.get(digest, -TOUCH_EVERY_S) < TOUCH_EVERY_S:
+                return False
+            self._touched[digest] = now
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class ApiKeyAuth:
+    """401/403 in the error envelope before the app (and its body parsing) runs."""
+
+    def __init__(
+        self, app: ASGIApp, *, fastapi_app: FastAPI, db: Database, cache: KeyCache
+    ) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.db = db
+        self.cache = cache
+        self._routes: list[RouteScope] | None = None
+
+    def _required_scope(self, scope: Scope) -> str | None:
+        if self._routes is None:
+            self._routes = route_scopes(self.fastapi_app)
+        path, method = scope["path"], scope["method"]
+        method = "GET" if method == "HEAD" else method
+        other_method: str | None = None
+        for route in self._routes:
+            if route.path.match(path):
+                if route.method == method:
+                    return route.scope
+                other_method = other_method or route.scope
+        # A known path with another method (FastAPI answers 405) still needs a key; so does any
+        # unknown path under /v1, so that probing it tells nothing to a caller without one.
+        if other_method is None and path.startswith("/v1/"):
+            return "read"
+        return other_method
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        needed = self._required_scope(scope)
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        presented = _bearer_token(scope)
+        if presented is None:
+            await _reject(
+                send,
+                Unauthenticated(
+                    "this endpoint needs an API key: send `Authorization: Bearer <key>` (create "
+                    "one with `transferlab keys create`)"
+                ),
+            )
+            return
+        principal = await self._authenticate(presented)
+        if principal is None:
+            await _reject(
+                send,
+                Unauthenticated(
+                    "the API key is not valid (unknown, malformed or revoked)",
+                    code="invalid_api_key",
+                ),
+            )
+            return
+        if not principal.allows(needed):
+            await _reject(send, _insufficient(principal, needed))
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, presented: str) -> Principal | None:
+        digest = key_service.hash_key(presented)
+        cached, principal = self.cache.get(digest)
+        if not cached:
+            principal = await anyio.to_thread.run_sync(self._lookup, presented)
+            self.cache.put(digest, principal)
+        if principal is not None and self.cache.due_for_touch(digest):
+            await anyio.to_thread.run_sync(self._touch, principal)
+        return principal
+
+    def _lookup(self, presented: str) -> Principal | None:
+        with self.db.session_scope() as session:
+            return key_service.authenticate(session, presented)
+
+    def _touch(self, principal: Principal) -> None:
+        with self.db.session_scope() as session:
+            key_service.touch(session, principal.key_id)
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            if scheme.lower() == "bearer" and token and len(token) <= 200:
+                return token
+            return None
+    return None
+
+
+async def _reject(send: Send, error: ServiceError) -> None:
+    headers = (
+        [(b"www-authenticate", b'Bearer realm="transferlab"')] if error.status_code == 401 else []
+    )
+    await send_error(send, error.status_code, error.code, error.message, error.details, headers)
