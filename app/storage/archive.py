@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from app.errors import ServiceError
 
@@ -53,6 +53,8 @@ _ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _ZIP_METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", 9: "deflate64"}
 # What the decompressors raise on damaged input (gzip.BadGzipFile is an OSError).
 _STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+# What tarfile raises on the all-zero block that ends a tar (undocumented, not in the stubs).
+_END_OF_ARCHIVE: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
 _ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
@@ -300,13 +302,14 @@ class _Extractor:
     # -- tar ---------------------------------------------------------------------------------
 
     def run_tar(self, archive_path: Path) -> None:
-        with _open_tar(archive_path, self.budget) as tf:
+        with _open_tar(archive_path, self.budget) as (tf, stream):
             while True:
                 try:
                     member = tf.next()
                 except (tarfile.TarError, _CorruptStream) as exc:
                     raise _corrupt(exc) from exc
                 if member is None:
+                    stream.check_complete()
                     return
                 self.budget.entries_seen(1)
                 parts = safe_parts(member.name)
@@ -374,8 +377,49 @@ class _Extractor:
         return size, digest.hexdigest()
 
 
+class _TarStream:
+    """What tarfile does not tell us: did the archive end where it says it ends?
+
+    In stream mode tarfile stops quietly at end of file, or at a damaged header, anywhere after
+    the first member, so a tar cut at a member boundary would become a smaller dataset without a
+    word. We record why each header read stopped, and after the last member also read the
+    compressed stream to its end, which is where gzip, bzip2 and xz check their CRC and length.
+    """
+
+    def __init__(self, reader: _CountingReader) -> None:
+        self.reader = reader
+        self.header_error: tarfile.HeaderError | None = None
+
+    def member_class(self) -> type[tarfile.TarInfo]:
+        stream = self
+
+        class _Member(tarfile.TarInfo):
+            @classmethod
+            def fromtarfile(cls, tarfile_: tarfile.TarFile) -> Self:
+                try:
+                    return super().fromtarfile(tarfile_)
+                except tarfile.HeaderError as exc:
+                    stream.header_error = exc
+                    raise
+
+        return _Member
+
+    def check_complete(self) -> None:
+        if not isinstance(self.header_error, _END_OF_ARCHIVE):
+            # Empty or short header: the file ended; a bad checksum: a damaged header.
+            why = self.header_error or "the archive ended without its end-of-archive marker"
+            raise _corrupt(EOFError(f"{why}; the tar is truncated or damaged"))
+        try:
+            # Only the tar's zero padding remains; still metered, so a bomb hidden after the
+            # end marker costs the budget, not the disk.
+            while self.reader.read(CHUNK):
+                pass
+        except _CorruptStream as exc:
+            raise _corrupt(exc) from exc
+
+
 @contextmanager
-def _open_tar(archive_path: Path, budget: _Budget) -> Iterator[tarfile.TarFile]:
+def _open_tar(archive_path: Path, budget: _Budget) -> Iterator[tuple[tarfile.TarFile, _TarStream]]:
     """The archive as a forward-only tarfile over our own, metered decompressor.
 
     We pick the decompressor from the magic bytes instead of ``mode="r:*"`` so the bytes tarfile
@@ -385,17 +429,67 @@ def _open_tar(archive_path: Path, budget: _Budget) -> Iterator[tarfile.TarFile]:
         raw = stack.enter_context(open(archive_path, "rb"))
         stream = stack.enter_context(_decompressor(raw))
         reader = _CountingReader(stream, budget, compressed=stream is not raw)
+        checker = _TarStream(reader)
         try:
             # The stubs want a seekable file; in "r|" mode tarfile only ever calls read().
-            tf = stack.enter_context(tarfile.open(fileobj=reader, mode="r|"))  # type: ignore[call-overload]
+            tf = stack.enter_context(
+                tarfile.open(  # type: ignore[call-overload]
+                    fileobj=reader, mode="r|", tarinfo=checker.member_class()
+                )
+            )
         except (tarfile.TarError, _CorruptStream) as exc:
+            if _starts_like_tar(archive_path):
+                # A tar that breaks before its first member is complete: a cut upload, most
+                # often, and the uploader can fix that by sending it again.
+                raise _corrupt(exc) from exc
             raise DatasetRejected(
                 "the upload is not a .zip, .tar or .tar.gz archive",
                 code="archive_unsupported",
                 status_code=415,
                 details={"detail": str(exc)},
             ) from exc
-        yield tf
+        yield tf, checker
+
+
+def _starts_like_tar(archive_path: Path) -> bool:
+    """Whether the (decompressed) file starts like a tar: a valid first header, or a bzip2 or xz
+    stream that is sound as far as it goes but ends before one header's worth of output.
+
+    At most one header's worth is decompressed, whatever the input, so this cannot be a bomb.
+    Random bytes behind a gzip magic fail the header check and stay "unsupported"; gzip gets no
+    "sound but cut" allowance because its header has no checksum, while bzip2 blocks and xz
+    headers do, and bzip2 emits nothing until a whole (up to 900 KB) block is decoded.
+    """
+    with open(archive_path, "rb") as fp:
+        magic = fp.read(6)
+        fp.seek(0)
+        decompressor: zlib._Decompress | bz2.BZ2Decompressor | lzma.LZMADecompressor | None
+        if magic.startswith(_GZIP_MAGIC):
+            decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        elif magic.startswith(_BZIP2_MAGIC):
+            decompressor = bz2.BZ2Decompressor()
+        elif magic.startswith(_XZ_MAGIC):
+            decompressor = lzma.LZMADecompressor()
+        else:
+            decompressor = None
+        if decompressor is None:
+            head = fp.read(tarfile.BLOCKSIZE)
+        else:
+            head = b""
+            try:
+                while len(head) < tarfile.BLOCKSIZE and (chunk := fp.read(CHUNK)):
+                    head += decompressor.decompress(chunk, tarfile.BLOCKSIZE - len(head))
+            except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
+                return False
+            if len(head) < tarfile.BLOCKSIZE and not magic.startswith(_GZIP_MAGIC):
+                return not decompressor.eof  # sound so far, then the file ends: cut
+    if head[257:262] == b"ustar":
+        return True
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def _decompressor(raw: io.BufferedReader) -> io.BufferedIOBase:

@@ -231,6 +231,7 @@ class _Layout:
         paths = [p[prefix:] for p in paths if len(p) > prefix]
         split_layout = any(_SPLIT_NAMES.get(p[0].lower()) == "train" for p in paths if len(p) > 1)
         train_classes: set[str] = set()
+        val_classes: set[str] = set()
         has_val = False
         for p in paths:
             if split_layout:
@@ -238,8 +239,11 @@ class _Layout:
                 has_val = has_val or split == "val"
                 if split == "train" and len(p) > 2:
                     train_classes.add(p[1])
+                elif split == "val" and len(p) > 2:
+                    val_classes.add(p[1])
             elif len(p) > 1:
                 train_classes.add(p[0])
+        _check_case_conflicts(train_classes | val_classes)
         return cls(prefix, split_layout, train_classes, has_val, extraction)
 
     def destination(self, parts: tuple[str, ...]) -> tuple[str, str, str] | str:
@@ -331,6 +335,27 @@ class _Layout:
                 code="dataset_too_few_classes",
                 details={"classes": placed.classes},
             )
+
+
+def _check_case_conflicts(classes: set[str]) -> None:
+    """Refuse class folders whose names differ only in case (``cat``, ``Cat``, ``CAT``).
+
+    They would silently be separate classes here, yet the same folder once unpacked on macOS or
+    Windows, and are almost always one class typed twice. Train and val count together: a
+    ``val/Cat`` beside ``train/cat`` would otherwise lose every val image it holds.
+    """
+    groups: dict[str, set[str]] = {}
+    for cls in classes:
+        groups.setdefault(cls.casefold(), set()).add(cls)
+    conflicts = sorted(sorted(names) for names in groups.values() if len(names) > 1)
+    if conflicts:
+        listed = "; ".join(", ".join(map(repr, names)) for names in conflicts)
+        raise DatasetRejected(
+            f"class folders differ only in upper/lower case ({listed}); merge each group into "
+            "one folder or rename them so the class names differ in more than case",
+            code="dataset_class_case_conflict",
+            details={"conflicts": conflicts},
+        )
 
 
 def _wrapped(paths: list[tuple[str, ...]]) -> bool:

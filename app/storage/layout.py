@@ -4,7 +4,8 @@
   transferlab.db          SQLite database (embedded default only)
   datasets/<id>/          extracted, validated images + manifest.json (immutable)
   models/<id>/            model.safetensors + model.json (immutable)
-  tmp/                    uploads in flight; same filesystem so a finished upload is a rename
+  tmp/                    uploads in flight (upload-<id>) and their ingest locks (ingest-<id>.lock);
+                          same filesystem so a finished upload is a rename
   broker/                 the embedded Celery broker's message folders
 """
 
@@ -13,6 +14,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+UPLOAD_PREFIX = "upload-"
+LOCK_PREFIX = "ingest-"
+LOCK_SUFFIX = ".lock"
+PARTIAL_SUFFIX = ".partial"  # written under this name, then renamed into place
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ class DataLayout:
 
     def features_dir(self, job_id: uuid.UUID | str) -> Path:
         return self.features / str(job_id)
+
+    def upload_path(self, dataset_id: uuid.UUID | str) -> Path:
+        """Where an upload is spooled while it is ingested (see ``app.storage.sweep``)."""
+        return self.tmp / f"{UPLOAD_PREFIX}{dataset_id}"
+
+    def ingest_lock_path(self, dataset_id: uuid.UUID | str) -> Path:
+        return self.tmp / f"{LOCK_PREFIX}{dataset_id}{LOCK_SUFFIX}"
 
     def ensure(self) -> DataLayout:
         for path in (self.datasets, self.models, self.features, self.tmp, self.broker):

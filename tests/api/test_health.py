@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -15,23 +17,36 @@ def test_readyz_on_the_embedded_default(client):
     assert r.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
 
 
-def test_readyz_reports_an_unreachable_broker(settings):
-    # Port 9 (discard) is closed on loopback: a real connection attempt that fails.
-    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"})
-    with TestClient(create_app(broken)) as c:
+def test_readyz_reports_an_unreachable_broker_without_its_details(settings, caplog):
+    # Port 9 (discard) is closed on loopback: a real connection attempt that fails, whose
+    # message names the host, port (and would name the password) of the broker URL.
+    broken = settings.model_copy(update={"broker_url": "redis://:s3cret@127.0.0.1:9/0"})
+    with TestClient(create_app(broken)) as c, caplog.at_level(logging.WARNING):
         r = c.get("/readyz")
     assert r.status_code == 503
-    body = r.json()
-    assert body["status"] == "not_ready"
-    assert body["checks"]["database"] == "ok"
-    assert body["checks"]["broker"].startswith("error:")
+    assert r.json() == {
+        "status": "not_ready",
+        "checks": {"database": "ok", "broker": "unreachable"},
+    }
+    assert "127.0.0.1" not in r.text and "s3cret" not in r.text
+    # The cause goes to the server's log, with its traceback.
+    (record,) = [r for r in caplog.records if r.name == "app.api.health"]
+    assert record.levelno == logging.WARNING
+    assert "broker" in record.getMessage()
+    assert record.exc_info is not None
 
 
-def test_enqueue_failure_is_a_503_and_the_job_is_marked_failed(settings, digits_zip):
-    from tests.api.conftest import error_code, upload
+def test_readyz_openapi_example_shows_no_exception_text(client):
+    spec = client.get("/openapi.json").json()
+    example = spec["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]
+    assert example["example"]["checks"] == {"database": "ok", "broker": "unreachable"}
+
+
+def test_enqueue_failure_is_a_503_and_the_job_is_marked_failed(admin_key, settings, digits_zip):
+    from tests.api.conftest import bearer, error_code, upload
 
     broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"})
-    with TestClient(create_app(broken)) as c:
+    with TestClient(create_app(broken), headers=bearer(admin_key)) as c:
         ds = upload(c, digits_zip(per_class=3, name="h.zip")).json()
         r = c.post(
             "/v1/jobs",
