@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -15,12 +16,15 @@ from app.api import catalog, datasets, health, jobs, keys, models
 from app.api.auth import ApiKeyAuth, KeyCache, route_scopes
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
+from app.db.repositories import datasets as datasets_repo
 from app.db.session import Database
 from app.observability import install_observability
 from app.queue import JobQueue
+from app.services import idempotency
 from app.services import keys as key_service
 from app.serving.cache import ModelCache
 from app.settings import Settings, get_settings
+from app.storage.sweep import sweep_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         check_keys_exist(settings, db)
+        await anyio.to_thread.run_sync(clean_up_after_crashes, settings, db)
         yield
         db.dispose()
 
@@ -114,6 +119,20 @@ def body_rules(settings: Settings) -> dict:
             "job specs and other JSON bodies are small (TRANSFERLAB_MAX_JSON_BYTES)",
         ),
     }
+
+
+def clean_up_after_crashes(settings: Settings, db: Database) -> None:
+    """Leftovers of processes that died mid-ingest or mid-save, and expired idempotency keys.
+
+    Uploads still in progress in other processes hold their ingest lock and are kept.
+    """
+    with db.session_scope() as session:
+        sweep_leftovers(
+            settings.layout.ensure(), lambda i: datasets_repo.get(session, i) is not None
+        )
+        expired = idempotency.expire(session, settings.idempotency_ttl_s)
+    if expired:
+        log.info("forgot %d expired idempotency keys", expired)
 
 
 def check_keys_exist(settings: Settings, db: Database) -> None:

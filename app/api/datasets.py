@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
+from typing import BinaryIO
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi.responses import JSONResponse
 
 from app.api.auth import require_scope
-from app.api.deps import SessionDep, SettingsDep, ValidDataset
-from app.api.schemas.common import Page, error_responses
+from app.api.deps import CurrentPrincipal, IdempotencyKey, SessionDep, SettingsDep, ValidDataset
+from app.api.idempotent import IdempotentCreate
+from app.api.schemas.common import MAX_OFFSET, SLUG_PATTERN, Page, error_responses
 from app.api.schemas.datasets import DatasetOut
 from app.db.repositories import datasets as repo
 from app.services import datasets as service
+from app.storage.sweep import ingest_lock
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -19,7 +24,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses=error_responses(413, 415, 422),
+    responses=error_responses(400, 409, 413, 415, 422),
     summary="Upload an image dataset",
     dependencies=[require_scope("train")],
     description=(
@@ -32,13 +37,57 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 def create_dataset(
     session: SessionDep,
     settings: SettingsDep,
+    principal: CurrentPrincipal,
     file: UploadFile = File(description="the archive"),
-    name: str | None = Form(None, max_length=200, description="default: the file name"),
-) -> DatasetOut:
-    dataset = service.create_dataset(
-        session, settings, file.file, filename=file.filename or "dataset", name=name
+    name: str | None = Form(
+        None,
+        pattern=SLUG_PATTERN,
+        max_length=100,
+        description="letters, digits, '.', '_', '-'; default: made from the file's name",
+    ),
+    idempotency_key: IdempotencyKey = None,
+) -> DatasetOut | JSONResponse:
+    idem = IdempotentCreate(
+        session,
+        principal=principal,
+        endpoint="create_dataset",
+        key=idempotency_key,
+        # Only read when a key was sent: one extra pass over the spooled upload.
+        request=[(name or "").encode(), _sha256(file.file).encode()] if idempotency_key else [],
+        ttl_s=settings.idempotency_ttl_s,
     )
-    return DatasetOut.model_validate(dataset)
+    if replayed := idem.replayed():
+        return replayed
+    dataset_id = uuid.uuid4()
+    # The lock covers the commit: until then the folder has no row, and a sweep starting in
+    # another API process must see it as in use.
+    with ingest_lock(settings.layout.ensure(), dataset_id):
+        dataset = service.create_dataset(
+            session,
+            settings,
+            file.file,
+            dataset_id=dataset_id,
+            filename=file.filename or "dataset",
+            name=name,
+        )
+        out = DatasetOut.model_validate(dataset)
+        if lost_race := idem.remember(status.HTTP_201_CREATED, out):
+            shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
+            return lost_race
+        try:
+            session.commit()
+        except BaseException:
+            shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
+            raise
+    return out
+
+
+def _sha256(stream: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.hexdigest()
 
 
 @router.get(
@@ -51,7 +100,7 @@ def create_dataset(
 def list_datasets(
     session: SessionDep,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Page[DatasetOut]:
     rows, total = repo.list_(session, limit=limit, offset=offset)
     items = [DatasetOut.model_validate(r) for r in rows]

@@ -4,15 +4,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from app.api.auth import current_principal
 from app.db.models import Dataset, Job, ModelVersion
 from app.db.session import Database
 from app.queue import JobQueue
 from app.services import datasets as dataset_service
 from app.services import jobs as job_service
 from app.services import models as model_service
+from app.services.idempotency import KEY_PATTERN
+from app.services.keys import Principal
 from app.serving.cache import ModelCache
 from app.settings import Settings
 
@@ -65,3 +68,16 @@ def valid_model(model_id: uuid.UUID, session: SessionDep) -> ModelVersion:
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
 ValidJob = Annotated[Job, Depends(valid_job)]
 ValidModel = Annotated[ModelVersion, Depends(valid_model)]
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="retry-safe submission: the same key with the same request returns the "
+        "first response (for 24 h); with another request, 409 idempotency_key_reused",
+        examples=["7c1f2a9e-2b1d-4c55-9a7e-3f5d0b1e2c44"],
+    ),
+]

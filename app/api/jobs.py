@@ -5,11 +5,19 @@ import uuid
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from app.api.auth import require_scope
-from app.api.deps import QueueDep, SessionDep, SettingsDep, ValidJob
-from app.api.schemas.common import Page, as_utc, error_responses
+from app.api.deps import (
+    CurrentPrincipal,
+    IdempotencyKey,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+    ValidJob,
+)
+from app.api.idempotent import IdempotentCreate
+from app.api.schemas.common import MAX_OFFSET, Page, as_utc, error_responses
 from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut, Progress
 from app.db.models import Job
 from app.db.repositories import jobs as repo
@@ -50,6 +58,7 @@ def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
         ),
         latest_metrics=job.latest_metrics,
         error=job.error,
+        error_code=job.error_code,
         cancel_requested=job.cancel_requested,
         model_id=model_id,
         created_at=job.created_at,
@@ -67,7 +76,7 @@ def job_out(job: Job, session: SessionDep) -> JobOut:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(404, 409, 413, 422, 503),
     summary="Submit a training job",
     dependencies=[require_scope("train")],
     description=(
@@ -75,8 +84,28 @@ def job_out(job: Job, session: SessionDep) -> JobOut:
         "and hands its id to a worker. Poll `GET /v1/jobs/{id}` for progress."
     ),
 )
-def create_job(body: JobCreate, session: SessionDep, queue: QueueDep) -> JobOut:
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    queue: QueueDep,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut | JSONResponse:
+    idem = IdempotentCreate(
+        session,
+        principal=principal,
+        endpoint="create_job",
+        key=idempotency_key,
+        request=[body.model_dump_json().encode()],
+        ttl_s=settings.idempotency_ttl_s,
+    )
+    if replayed := idem.replayed():
+        return replayed
     job = service.create_job(session, body.model_dump(mode="json"))
+    out = job_out(job, session)
+    if lost_race := idem.remember(status.HTTP_202_ACCEPTED, out):
+        return lost_race
     # Commit before enqueueing: a worker that picks the id up at once must find the row.
     session.commit()
     try:
@@ -84,13 +113,14 @@ def create_job(body: JobCreate, session: SessionDep, queue: QueueDep) -> JobOut:
     except Exception as exc:
         log.exception("enqueue failed for job %s", job.id)
         service.mark_enqueue_failed(session, job, exc)
+        idem.forget()  # a retry with this key submits anew
         session.commit()
         raise service.BrokerUnavailable(
             "the job was stored but the broker could not be reached, so it was marked failed; "
             "check TRANSFERLAB_BROKER_URL and GET /readyz, then submit again",
             details={"job_id": str(job.id)},
         ) from exc
-    return job_out(job, session)
+    return out
 
 
 @router.get(
@@ -104,7 +134,7 @@ def list_jobs(
     session: SessionDep,
     status: str | None = JobStatusQuery,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Page[JobOut]:
     rows, total = repo.list_(session, status=status, limit=limit, offset=offset)
     model_ids = models_repo.ids_by_job(session, [j.id for j in rows])

@@ -7,10 +7,11 @@ from fastapi.responses import FileResponse
 
 from app.api.auth import require_scope
 from app.api.deps import ModelCacheDep, SessionDep, SettingsDep, ValidModel
-from app.api.schemas.common import Page, error_responses
+from app.api.schemas.common import MAX_OFFSET, Page, error_responses
 from app.api.schemas.models import ClassScore, ImagePrediction, ModelOut, PredictionOut
 from app.db.repositories import models as repo
 from app.errors import PayloadTooLarge
+from app.naming import slugify
 from app.services import models as service
 from app.serving.predict import predict_uploads
 
@@ -26,9 +27,9 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 )
 def list_models(
     session: SessionDep,
-    name: str | None = Query(None, description="only versions of this model name"),
+    name: str | None = Query(None, max_length=100, description="only versions of this model name"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Page[ModelOut]:
     rows, total = repo.list_(session, name=name, limit=limit, offset=offset)
     items = [ModelOut.model_validate(r) for r in rows]
@@ -56,7 +57,10 @@ def get_model(model: ValidModel) -> ModelOut:
 )
 def download_model(model: ValidModel) -> FileResponse:
     path = service.download_archive(model)
-    return FileResponse(path, media_type="application/zip", filename=path.name)
+    # The name is a slug for every version made since names are validated; slugify() again for
+    # rows older than that, so no quote or slash reaches the header.
+    filename = f"{slugify(model.name, default='model')}-v{model.version}.zip"
+    return FileResponse(path, media_type="application/zip", filename=filename)
 
 
 @router.post(

@@ -9,7 +9,7 @@ from app.engine.data import create_eval_transform
 from app.engine.embed import FEATURE_JOB, FEATURE_JOB_OPTIONS, Embeddings, extract_embeddings
 from app.engine.errors import EngineError, TrainingCancelled
 from app.engine.export import load_artifact, predict, save_artifact
-from app.engine.models import is_known_backbone, list_backbones
+from app.engine.models import default_image_size, is_known_backbone, list_backbones
 from app.engine.specs import (
     DatasetSplits,
     EpochMetrics,
@@ -18,6 +18,7 @@ from app.engine.specs import (
     ModelCard,
     ModelSource,
     TrainResult,
+    check_batch_memory,
 )
 from app.engine.strategies import list_strategies, strategy_option_names
 from app.engine.train import check_job, run_training
@@ -36,8 +37,10 @@ __all__ = [
     "ModelSource",
     "TrainResult",
     "TrainingCancelled",
+    "check_batch_memory",
     "check_job",
     "create_eval_transform",
+    "default_image_size",
     "extract_embeddings",
     "is_known_backbone",
     "list_backbones",

@@ -36,7 +36,8 @@ def parse_features(spec: object) -> int | None:
         return None
     if isinstance(spec, str) and spec.startswith("stage:"):
         index = spec[len("stage:") :]
-        if index.isdigit():
+        # ASCII digits only: str.isdigit() also takes "1\n"-free but odd forms such as "²".
+        if index.isascii() and index.isdigit() and len(index) <= 3:
             return int(index)
     raise ValueError(
         f"features must be 'pre_logits' or 'stage:<i>' with i a stage index >= 0 (got {spec!r})"

@@ -27,6 +27,16 @@ def is_known_backbone(name: str) -> bool:
     return not tag or is_model_pretrained(name)
 
 
+def default_image_size(name: str) -> int | None:
+    """The input size a timm backbone is published with, without building it (None: unknown)."""
+    try:
+        cfg = timm.get_pretrained_cfg(name)
+    except Exception:  # an unknown or architecture-only name
+        return None
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else None
+
+
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""

@@ -25,6 +25,10 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 SAMPLERS = ("shuffle", "balanced")
 AUGMENTATIONS = ("default", "none", "light", "strong")
 SCHEDULERS = ("constant", "cosine", "step")
+# A cap on batch_size x image_size^2: 2^26 pixels is a batch of 256 at 512 px or 1,365 at 224 px,
+# whose fp32 input alone is 0.8 GB and a ResNet-50's training activations some 30 times that.
+# Larger batches cannot fit a worker; refusing them at submit time beats an out-of-memory kill.
+MAX_BATCH_PIXELS = 2**26
 
 
 def _is_int(value: object) -> bool:
@@ -39,6 +43,19 @@ def _is_number(value: object) -> bool:
 def _choice(problems: list[str], name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         problems.append(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def check_batch_memory(batch_size: int, image_size: int) -> list[str]:
+    """Problems with a batch too large for any worker (see MAX_BATCH_PIXELS)."""
+    pixels = batch_size * image_size * image_size
+    if pixels <= MAX_BATCH_PIXELS:
+        return []
+    gib = pixels * 3 * 4 / 2**30
+    return [
+        f"batch_size {batch_size} at image_size {image_size} is {gib:.1f} GiB of input per "
+        f"batch before any activation; keep batch_size x image_size^2 at most {MAX_BATCH_PIXELS} "
+        f"(e.g. batch_size {max(1, MAX_BATCH_PIXELS // (image_size * image_size))})"
+    ]
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,8 @@ class Hyperparameters:
             problems.append(f"momentum must be in [0, 1) (got {self.momentum!r})")
         if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 8):
             problems.append(f"image_size must be an integer >= 8 or null (got {self.image_size!r})")
+        elif _is_int(self.batch_size) and self.image_size is not None:
+            problems += check_batch_memory(self.batch_size, self.image_size)
         if not _is_number(self.val_fraction) or not 0 < self.val_fraction < 1:
             problems.append(f"val_fraction must be between 0 and 1 (got {self.val_fraction!r})")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:

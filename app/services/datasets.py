@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Dataset
 from app.db.repositories import datasets as repo
 from app.errors import Conflict, NotFound, PayloadTooLarge
+from app.naming import slugify
 from app.settings import Settings
 from app.storage.datasets import IngestLimits, ingest_archive
 
@@ -58,13 +59,22 @@ def _spool(source: BinaryIO, dest: Path, max_bytes: int) -> int:
 
 
 def create_dataset(
-    session: Session, settings: Settings, source: BinaryIO, *, filename: str, name: str | None
+    session: Session,
+    settings: Settings,
+    source: BinaryIO,
+    *,
+    dataset_id: uuid.UUID,
+    filename: str,
+    name: str | None,
 ) -> Dataset:
-    """Spool, extract safely, validate, then insert. On any failure nothing stays on disk."""
+    """Spool, extract safely, validate, then insert. On any failure nothing stays on disk.
+
+    The caller holds ``app.storage.sweep.ingest_lock(dataset_id)`` until the insert is committed,
+    so that a start-up sweep in another process never takes the folder for a crash's leftover.
+    """
     layout = settings.layout.ensure()
-    dataset_id = uuid.uuid4()
     dest = layout.dataset_dir(dataset_id)
-    tmp = layout.tmp / f"upload-{dataset_id}"
+    tmp = layout.upload_path(dataset_id)
     try:
         _spool(source, tmp, settings.max_upload_bytes)
         report = ingest_archive(tmp, dest, ingest_limits(settings))
@@ -75,7 +85,7 @@ def create_dataset(
             session,
             Dataset(
                 id=dataset_id,
-                name=name or _stem(filename),
+                name=name or slugify(_stem(filename)),
                 sha256=report.sha256,
                 format=report.format,
                 num_classes=len(report.classes),

@@ -9,10 +9,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import engine
+from app.db.base import utcnow
 from app.db.models import Job, JobStatus
 from app.db.repositories import jobs as repo
 from app.db.repositories import models as models_repo
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError
+from app.naming import slugify
 from app.services.datasets import get_dataset
 
 
@@ -40,7 +42,7 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
-FEATURES_OPTION = re.compile(r"^(pre_logits|stage:\d+)$")
+FEATURES_OPTION = re.compile(r"pre_logits|stage:[0-9]{1,3}")
 
 
 def job_kinds() -> list[str]:
@@ -72,7 +74,7 @@ def validate_strategy(name: str, options: dict[str, Any]) -> None:
             details={"field": "options", "choices": allowed},
         )
     features = options.get("features")
-    if features is not None and not FEATURES_OPTION.match(str(features)):
+    if features is not None and not FEATURES_OPTION.fullmatch(str(features)):
         raise InvalidInput(
             f"options.features must be 'pre_logits' or 'stage:<i>' (got {features!r})",
             code="invalid_option",
@@ -118,14 +120,28 @@ def validate_base_model(session: Session, base_model: str) -> uuid.UUID | None:
 
 def check_spec(spec: dict[str, Any]) -> None:
     """Option values and their fit with the hyperparameters, as the engine will see them."""
+    hp = spec["hyperparameters"]
+    try:
+        hparams = engine.Hyperparameters(**hp)
+    except engine.EngineError as exc:
+        raise InvalidInput(
+            str(exc), code="invalid_option", details={"field": "hyperparameters"}
+        ) from None
+    kind, _, backbone = spec["base_model"].partition(":")
+    if hp.get("image_size") is None and kind == "timm":
+        # The backbone's own input size applies: bound the batch by it too.
+        size = engine.default_image_size(backbone)
+        problems = engine.check_batch_memory(hparams.batch_size, size) if size else []
+        if problems:
+            raise InvalidInput(
+                problems[0] + " (image_size defaults to the backbone's)",
+                code="invalid_option",
+                details={"field": "hyperparameters.batch_size"},
+            )
     if spec["strategy"] == engine.FEATURE_JOB:
         return
     try:
-        engine.check_job(
-            spec["strategy"],
-            spec.get("options") or {},
-            engine.Hyperparameters(**spec["hyperparameters"]),
-        )
+        engine.check_job(spec["strategy"], spec.get("options") or {}, hparams)
     except engine.EngineError as exc:
         raise InvalidInput(str(exc), code="invalid_option", details={"field": "options"}) from None
 
@@ -134,8 +150,11 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
     """Validate the spec against what exists and insert the job as ``queued`` (flush only)."""
     dataset = get_dataset(session, uuid.UUID(str(spec["dataset_id"])))
     validate_strategy(spec["strategy"], spec.get("options") or {})
-    check_spec(spec)
     validate_base_model(session, spec["base_model"])
+    check_spec(spec)
+    # The model name is fixed now, a slug: datasets uploaded before names were validated may
+    # have names that are not.
+    spec = {**spec, "name": spec.get("name") or slugify(dataset.name)}
     hp = spec["hyperparameters"]
     return repo.add(
         session,
@@ -181,5 +200,7 @@ def features_bundle(job: Job, features_dir: Path) -> Path:
 
 def mark_enqueue_failed(session: Session, job: Job, cause: Exception) -> None:
     job.status = JobStatus.failed.value
-    job.error = f"could not reach the job broker: {cause}"
+    job.error = f"could not reach the job broker ({type(cause).__name__}); submit the job again"
+    job.error_code = "broker_unavailable"
+    job.finished_at = utcnow()
     session.flush()

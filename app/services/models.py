@@ -23,12 +23,16 @@ def get_model(session: Session, model_id: uuid.UUID) -> ModelVersion:
 
 
 def download_archive(model: ModelVersion) -> Path:
-    """A zip of the model folder (weights + model.json), built once: versions are immutable."""
+    """A zip of the model folder (weights + model.json), built once: versions are immutable.
+
+    NOTE the file name is fixed: no user text (the model's name) ever becomes part of a path.
+    """
     folder = Path(model.artifact_dir)
-    archive = folder / "bundle" / f"{model.name}-v{model.version}.zip"
+    archive = folder / "bundle" / "model.zip"
     if not archive.exists():
         archive.parent.mkdir(exist_ok=True)
-        partial = archive.with_suffix(".partial")
+        # A name of its own per call: two first downloads at once must not write one file.
+        partial = archive.with_name(f"model.{uuid.uuid4().hex}.partial")
         # Weights do not compress; storing them makes the bundle cheap to build.
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as zf:
             for name in ("model.safetensors", "model.json"):

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.api.schemas.common import ORMModel, UTCDateTime
+from app.api.schemas.common import SLUG_PATTERN, ORMModel, UTCDateTime
 
 
 class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
@@ -49,7 +50,7 @@ class Hyperparameters(BaseModel):
     warmup_epochs: int = Field(0, ge=0, le=999, description="linear warm-up; < epochs")
     step_size: int = Field(10, ge=1, le=1000, description="scheduler 'step': epochs per decay")
     gamma: float = Field(0.1, gt=0, le=1, description="scheduler 'step': decay factor")
-    grad_clip_norm: float | None = Field(None, gt=0, description="clip the gradient norm")
+    grad_clip_norm: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm")
     amp: bool = Field(True, description="bfloat16 autocast on CUDA GPUs that support it")
 
     @model_validator(mode="after")
@@ -70,10 +71,45 @@ JOB_CREATE_EXAMPLE: dict[str, Any] = {
 }
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_CREATE_EXAMPLE]})
+# Strategy options are small scalars or short lists of them (freeze_patterns): these caps bound
+# what a job spec can store, and so what every GET /v1/jobs returns.
+MAX_OPTIONS = 32
+MAX_OPTION_STRING = 200
+MAX_OPTION_LIST = 64
 
-    strategy: str = Field(description="GET /v1/strategies lists them", examples=["finetune"])
+
+def _check_option_value(name: str, value: Any, *, in_list: bool = False) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or abs(value) > 1e9:
+            raise ValueError(f"options.{name} must be a finite number of at most 1e9 in size")
+        return
+    if isinstance(value, str):
+        if len(value) > MAX_OPTION_STRING or not value.isprintable():
+            raise ValueError(
+                f"options.{name} must be printable text of at most {MAX_OPTION_STRING} characters"
+            )
+        return
+    if isinstance(value, list) and not in_list:
+        if len(value) > MAX_OPTION_LIST:
+            raise ValueError(f"options.{name} takes at most {MAX_OPTION_LIST} items")
+        for item in value:
+            _check_option_value(name, item, in_list=True)
+        return
+    raise ValueError(f"options.{name} must be a number, text, true/false, null or a flat list")
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [JOB_CREATE_EXAMPLE]},
+    )
+
+    strategy: str = Field(
+        description="GET /v1/strategies lists them", examples=["finetune"], max_length=64
+    )
     base_model: str = Field(
         description="'timm:<name>' (GET /v1/backbones) or 'model:<model version id>'",
         examples=["timm:resnet18"],
@@ -84,14 +120,29 @@ class JobCreate(BaseModel):
     )
     dataset_id: uuid.UUID
     name: str | None = Field(
-        None, max_length=200, description="model name to version under; default: dataset name"
+        None,
+        pattern=SLUG_PATTERN,
+        max_length=100,
+        description="model name to version under (letters, digits, '.', '_', '-'); default: the "
+        "dataset's name",
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="strategy options, e.g. {'freeze_stages': 2}"
+        default_factory=dict,
+        description="strategy options, e.g. {'freeze_stages': 2}",
+        max_length=MAX_OPTIONS,
     )
     hyperparameters: Hyperparameters = Field(
         default_factory=lambda: Hyperparameters.model_validate({})
     )
+
+    @field_validator("options")
+    @classmethod
+    def _small_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        for name, value in options.items():
+            if len(name) > 64:
+                raise ValueError("option names are at most 64 characters")
+            _check_option_value(name, value)
+        return options
 
 
 class Progress(BaseModel):
@@ -121,6 +172,7 @@ JOB_EXAMPLE: dict[str, Any] = {
         "seconds": 31.5,
     },
     "error": None,
+    "error_code": None,
     "cancel_requested": False,
     "model_id": None,
     "created_at": "2026-11-29T10:00:00Z",
@@ -142,6 +194,12 @@ class JobOut(ORMModel):
     progress: Progress
     latest_metrics: dict[str, Any] | None
     error: str | None
+    error_code: str | None = Field(
+        None,
+        description="why a failed job failed, stable and safe to branch on: invalid_spec, "
+        "dataset_missing, base_model_missing, pretrained_weights_unavailable, worker_lost, "
+        "broker_unavailable, internal_error",
+    )
     cancel_requested: bool
     model_id: uuid.UUID | None = Field(None, description="the model version this job produced")
     created_at: UTCDateTime

@@ -44,9 +44,7 @@ class KeyOut(ORMModel):
 
 class KeyCreated(KeyOut):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{**KEY_EXAMPLE, "key": "tl_4f1a9c2b7d3e_Zm9vYmFy..."}]
-        }
+        json_schema_extra={"examples": [{**KEY_EXAMPLE, "key": "tl_4f1a9c2b7d3e_Zm9vYmFy..."}]}
     )
 
     key: str = Field(description="the key itself: shown only in this response, store it now")

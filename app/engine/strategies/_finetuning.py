@@ -36,9 +36,14 @@ def check_fraction(name: str, value: object, *, optional: bool = False) -> None:
         raise EngineError(f"{name} must be a number in (0, 1]{null} (got {value!r}).")
 
 
-def check_non_negative(name: str, value: object) -> None:
-    if not _is_number(value) or value < 0:  # type: ignore[operator]
-        raise EngineError(f"{name} must be a number >= 0 (got {value!r}).")
+# Penalty strengths beyond this swamp any loss (the proximal step would pin the weights).
+MAX_PENALTY = 1_000.0
+MAX_FREEZE_PATTERNS = 64
+
+
+def check_non_negative(name: str, value: object, maximum: float = MAX_PENALTY) -> None:
+    if not _is_number(value) or not 0 <= value <= maximum:  # type: ignore[operator]
+        raise EngineError(f"{name} must be a number from 0 to {maximum:g} (got {value!r}).")
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,9 @@ class FinetuneOptions(Strategy):
     layer_decay: float | None = None
 
     def __post_init__(self) -> None:
-        if not _is_int(self.freeze_stages) or self.freeze_stages < 0:
+        if not _is_int(self.freeze_stages) or not 0 <= self.freeze_stages <= 100:
             raise EngineError(
-                f"freeze_stages must be an integer >= 0 (got {self.freeze_stages!r})."
+                f"freeze_stages must be an integer from 0 to 100 (got {self.freeze_stages!r})."
             )
         patterns = self.freeze_patterns
         if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
@@ -78,16 +83,23 @@ class FinetuneOptions(Strategy):
                 f"freeze_patterns must be a list of name patterns such as ['layer1.*'] "
                 f"(got {patterns!r})."
             )
-        if not all(isinstance(p, str) and p for p in patterns):
-            raise EngineError(f"freeze_patterns must hold non-empty strings (got {patterns!r}).")
+        if not all(isinstance(p, str) and 0 < len(p) <= 200 for p in patterns):
+            raise EngineError(
+                f"freeze_patterns must hold strings of 1-200 characters (got {patterns!r})."
+            )
+        if len(patterns) > MAX_FREEZE_PATTERNS:
+            raise EngineError(
+                f"freeze_patterns takes at most {MAX_FREEZE_PATTERNS} patterns "
+                f"(got {len(patterns)})."
+            )
         object.__setattr__(self, "freeze_patterns", tuple(patterns))  # JSON gives lists
         if not isinstance(self.freeze_bn, bool):
             raise EngineError(f"freeze_bn must be true or false (got {self.freeze_bn!r}).")
         every = self.unfreeze_every
         if every is not None:
-            if not _is_int(every) or every < 1:
+            if not _is_int(every) or not 1 <= every <= 1000:
                 raise EngineError(
-                    f"unfreeze_every must be an integer >= 1 or null (got {every!r})."
+                    f"unfreeze_every must be an integer from 1 to 1000 or null (got {every!r})."
                 )
             if self.freeze_stages < 1:
                 raise EngineError(

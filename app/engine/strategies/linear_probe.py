@@ -35,6 +35,10 @@ from app.engine.strategies._probing import (
 from app.engine.strategies._registry import register_strategy
 
 DEFAULT_MLP_HIDDEN = 256
+# The MLP head's first layer is features x mlp_hidden: with 4,096-d features (the widest common
+# pre-logits) 16,384 hidden units are 67 M weights, ~1 GB with AdamW's two moments. Wider heads
+# only eat the worker's memory (1e9 asked for 384 GB).
+MAX_MLP_HIDDEN = 16_384
 
 
 @register_strategy("linear_probe")
@@ -60,8 +64,10 @@ class LinearProbe(Strategy):
                 if getattr(self, name) is not None:
                     raise EngineError(f"{name} applies only to head='mlp' (head is {self.head!r}).")
         hidden, dropout = self.mlp_hidden, self.mlp_dropout
-        if hidden is not None and (not _is_int(hidden) or hidden < 1):
-            raise EngineError(f"mlp_hidden must be an integer >= 1 (got {hidden!r}).")
+        if hidden is not None and (not _is_int(hidden) or not 1 <= hidden <= MAX_MLP_HIDDEN):
+            raise EngineError(
+                f"mlp_hidden must be an integer from 1 to {MAX_MLP_HIDDEN} (got {hidden!r})."
+            )
         if dropout is not None and (not _is_number(dropout) or not 0 <= dropout < 1):
             raise EngineError(f"mlp_dropout must be a number in [0, 1) (got {dropout!r}).")
 
