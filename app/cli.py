@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 from app.cpu import prefer_passive_openmp
 from app.observability import configure_logging
@@ -104,10 +106,23 @@ def worker_command(loglevel: str = "INFO") -> list[str]:
 def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
-    uvicorn.run(
-        "app.main:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info",
-    )  # fmt: skip
+    from app.observability import logging_config
+
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each uvicorn process writes its counters here and /metrics sums them; fresh per start.
+        settings.layout.ensure()
+        metrics_dir = tempfile.mkdtemp(prefix="prometheus-", dir=settings.layout.tmp)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by uvicorn's workers
+    try:
+        uvicorn.run(
+            "app.main:create_app", factory=True, host=host, port=port, workers=workers,
+            log_config=logging_config(settings, "api"),
+            access_log=False,  # the observability middleware logs one line per request
+        )  # fmt: skip
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:

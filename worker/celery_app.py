@@ -7,5 +7,7 @@ from __future__ import annotations
 
 from app.queue import create_celery
 from app.settings import get_settings
+from worker import signals
 
 celery_app = create_celery(get_settings(), include=["worker.tasks"])
+signals.connect(celery_app)

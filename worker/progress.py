@@ -10,6 +10,7 @@ from app.db.models import JobMetric
 from app.db.repositories import jobs as repo
 from app.db.session import Database
 from app.engine import Callback, EpochMetrics
+from worker import metrics as worker_metrics
 
 # How often a running job beats its heartbeat and learns whether it was cancelled (one UPDATE ...
 # RETURNING by primary key). A cancel takes effect within about this long; one statement a
@@ -49,6 +50,8 @@ class DatabaseProgress(Callback):
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         values = asdict(metrics)
+        if metrics.images_per_second:
+            worker_metrics.IMAGES_PER_SECOND.set(metrics.images_per_second)
         with self.db.session_scope() as session:
             repo.add_metric(session, JobMetric(job_id=self.job_id, **values))
             repo.set_progress(session, self.job_id, epoch=metrics.epoch, latest_metrics=values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
+import time
 import uuid
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
@@ -33,36 +34,81 @@ from app.engine import (
     run_training,
     save_artifact,
 )
+from app.errors import ServiceError
+from app.observability import job_context
 from app.settings import Settings
 from app.storage.datasets import load_manifest
+from worker import metrics
 from worker.features import save_embeddings
 from worker.progress import DatabaseProgress
 
 log = logging.getLogger(__name__)
 
 
+# Stable codes stored in jobs.error_code, safe for clients to branch on (the message may change).
+INVALID_SPEC = "invalid_spec"  # the engine refused the job's inputs (EngineError)
+DATASET_MISSING = "dataset_missing"
+DATASET_CORRUPT = "dataset_corrupt"
+BASE_MODEL_MISSING = "base_model_missing"
+INTERNAL_ERROR = "internal_error"  # a bug or an environment problem: see the worker's log
+WORKER_LOST = "worker_lost"  # the worker died mid-job (fail_stale_jobs)
+
+
 class JobInputError(Exception):
     """The job cannot start for a reason the user can fix (shown as the job's error)."""
 
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, JobInputError):
+        return exc.code
+    if isinstance(exc, EngineError):
+        # An EngineError subclass may name its own code (pretrained_weights_unavailable).
+        return str(getattr(exc, "code", None) or INVALID_SPEC)
+    return INTERNAL_ERROR
+
 
 def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
-    with db.session_scope() as session:
-        if not jobs_repo.claim(session, job_id):
-            # Already running, finished or cancelled: a redelivery, or a cancel that won the race.
-            log.info("job %s not claimed (no longer queued); nothing to do", job_id)
-            return "skipped"
+    with job_context(job_id):
+        with db.session_scope() as session:
+            if not jobs_repo.claim(session, job_id):
+                # Already running, finished or cancelled: a redelivery, or a cancel that won the
+                # race.
+                log.info("job %s not claimed (no longer queued); nothing to do", job_id)
+                return "skipped"
+        metrics.JOB_RUNNING.set(1)
+        started = time.monotonic()
+        try:
+            status, strategy = _run_claimed(job_id, settings, db)
+        finally:
+            # A worker shut down mid-job counts nothing: its job is still running in the
+            # database, and the next worker fails it as worker_lost.
+            metrics.JOB_RUNNING.set(0)
+        labels = {"status": status.value, "strategy": strategy}
+        metrics.JOBS_FINISHED.labels(**labels).inc()
+        metrics.JOB_DURATION.labels(**labels).observe(time.monotonic() - started)
+        return status.value
+
+
+def _run_claimed(job_id: uuid.UUID, settings: Settings, db: Database) -> tuple[JobStatus, str]:
+    """Run a claimed job to its final status; returns (status, strategy)."""
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
+    strategy = "unknown"
     try:
         with db.session_scope() as session:
             job = _load(session, job_id)
+            strategy = str(job.spec.get("strategy", "unknown"))
             source, parent_id = _model_source(session, job)
             data, dataset = _dataset_splits(session, settings, job)
             spec = dict(job.spec)
         progress = DatabaseProgress(db, job_id, interval_s=settings.progress_interval_s)
         if spec["strategy"] == FEATURE_JOB:
             _extract(settings, db, job_id, spec, source, data, dataset, progress)
-            return _finish(db, job_id, JobStatus.succeeded)
+            return _finish(db, job_id, JobStatus.succeeded), strategy
         result = run_training(
             source=source,
             strategy=spec["strategy"],
@@ -74,16 +120,14 @@ def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
             num_workers=settings.loader_workers,
         )
         _register_model(db, settings, job_id, spec, dataset, parent_id, result)
-        return _finish(db, job_id, JobStatus.succeeded)
+        return _finish(db, job_id, JobStatus.succeeded), strategy
     except TrainingCancelled:
-        return _finish(db, job_id, JobStatus.cancelled)
+        return _finish(db, job_id, JobStatus.cancelled), strategy
     except (EngineError, JobInputError) as exc:
-        return _finish(db, job_id, JobStatus.failed, str(exc))
+        return _fail(db, job_id, str(exc), error_code(exc)), strategy
     except Exception as exc:
-        log.exception("job %s crashed", job_id)
-        return _finish(
-            db, job_id, JobStatus.failed, f"internal error ({type(exc).__name__}: {exc})"[:2000]
-        )
+        message = f"internal error ({type(exc).__name__}: {exc})"[:2000]
+        return _fail(db, job_id, message, INTERNAL_ERROR, exc_info=True), strategy
 
 
 def _extract(
@@ -124,17 +168,31 @@ def _extract(
         )
 
 
-def _finish(db: Database, job_id: uuid.UUID, status: JobStatus, error: str | None = None) -> str:
+def _finish(db: Database, job_id: uuid.UUID, status: JobStatus) -> JobStatus:
     with db.session_scope() as session:
-        jobs_repo.finish(session, job_id, status, error=error)
-    log.info("job %s %s%s", job_id, status.value, f": {error}" if error else "")
-    return status.value
+        jobs_repo.finish(session, job_id, status)
+    log.info("job %s %s", job_id, status.value)
+    return status
+
+
+def _fail(
+    db: Database, job_id: uuid.UUID, error: str, code: str, *, exc_info: bool = False
+) -> JobStatus:
+    with db.session_scope() as session:
+        jobs_repo.finish(session, job_id, JobStatus.failed, error=error, error_code=code)
+    metrics.JOB_FAILURES.labels(error_code=code).inc()
+    # The code goes beside the message as its own field (JSON logs) or tag (text logs), so
+    # alerts can group failures without parsing messages. Tracebacks only for internal errors.
+    log.error(
+        "job %s failed (%s): %s", job_id, code, error, exc_info=exc_info, extra={"error_code": code}
+    )
+    return JobStatus.failed
 
 
 def _load(session: Any, job_id: uuid.UUID) -> Job:
     job = jobs_repo.get(session, job_id)
     if job is None:  # pragma: no cover - claim() just saw it
-        raise JobInputError(f"job {job_id} vanished")
+        raise JobInputError(f"job {job_id} vanished", code=INTERNAL_ERROR)
     return job
 
 
@@ -146,16 +204,22 @@ def _model_source(session: Any, job: Job) -> tuple[ModelSource, uuid.UUID | None
         ), None
     parent = models_repo.get(session, uuid.UUID(name))
     if parent is None:
-        raise JobInputError(f"base model {job.base_model} no longer exists")
+        raise JobInputError(
+            f"base model {job.base_model} no longer exists", code=BASE_MODEL_MISSING
+        )
     return ModelSource(kind="artifact", artifact_dir=Path(parent.artifact_dir)), parent.id
 
 
 def _dataset_splits(session: Any, settings: Settings, job: Job) -> tuple[DatasetSplits, Dataset]:
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     if dataset is None:
-        raise JobInputError("the job's dataset no longer exists")
+        raise JobInputError("the job's dataset no longer exists", code=DATASET_MISSING)
     folder = settings.layout.dataset_dir(dataset.id)
-    manifest = load_manifest(folder)
+    try:
+        manifest = load_manifest(folder)
+    except ServiceError as exc:  # DatasetCorrupt: the files were lost or damaged on disk
+        code = DATASET_CORRUPT if folder.is_dir() else DATASET_MISSING
+        raise JobInputError(f"the job's dataset cannot be read: {exc.message}", code=code) from exc
     index = {name: i for i, name in enumerate(manifest.classes)}
 
     def resolve(items: list[tuple[str, str]]) -> tuple[tuple[str, int], ...]:
@@ -268,7 +332,14 @@ def fail_stale_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
         f"{limit:.0f} s: killed, out of memory, or its machine went away); submit the job again"
     )
     with db.session_scope() as session:
-        stale = jobs_repo.fail_stale(session, cutoff, message)
+        stale = jobs_repo.fail_stale(session, cutoff, message, error_code=WORKER_LOST)
     for job_id in stale:
-        log.warning("job %s failed: %s", job_id, message)
+        metrics.JOB_FAILURES.labels(error_code=WORKER_LOST).inc()
+        log.error(
+            "job %s failed (%s): %s",
+            job_id,
+            WORKER_LOST,
+            message,
+            extra={"job_id": str(job_id), "error_code": WORKER_LOST},
+        )
     return stale

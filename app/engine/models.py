@@ -11,7 +11,7 @@ import torch
 from timm.models import is_model_pretrained, split_model_name_tag
 from torch import nn
 
-from app.engine.errors import EngineError
+from app.engine.errors import EngineError, WeightsUnavailable
 
 
 def list_backbones(pattern: str | None = None) -> list[str]:
@@ -66,7 +66,7 @@ def create_timm_model(name: str, num_classes: int, *, pretrained: bool) -> nn.Mo
         # Weight loading fails through huggingface_hub, httpx/requests, urllib, torch.load and
         # safetensors, which share no base class; the name was validated above, so an error here
         # is about getting the weights.
-        raise EngineError(
+        raise WeightsUnavailable(
             f"pretrained weights for timm model {name!r} could not be loaded ({_short(exc)}). "
             "This machine may have no internet access: pre-populate the Hugging Face cache "
             "(HF_HOME) on the worker, or submit the job with pretrained=false, or start from a "

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from app.engine import ModelCard, load_artifact
+from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
 
 
 class ModelCache:
@@ -24,7 +25,9 @@ class ModelCache:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
+                MODEL_CACHE_HITS.inc()
                 return self._items[key]
+            MODEL_CACHE_MISSES.inc()
             # Loading under the lock: two requests for a cold model load it once, and a laptop
             # never holds more than `capacity` models plus the one being loaded.
             item = load_artifact(artifact_dir)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from app.engine import predict
 from app.errors import InvalidInput, PayloadTooLarge, ServiceError
+from app.observability.metrics import PREDICTION_IMAGES, PREDICTION_LATENCY
 from app.serving.cache import ModelCache
 from app.storage.images import open_image
 
@@ -28,6 +30,7 @@ def predict_uploads(
             code="too_many_files",
             details={"limit": max_files},
         )
+    start = time.perf_counter()
     # Decode every image first: one bad file fails the request before any compute is spent,
     # and the error names the file.
     images = []
@@ -40,4 +43,7 @@ def predict_uploads(
             raise
     model, card = cache.get(model_id, artifact_dir)
     results = predict(model, card, images, top_k=top_k)
+    # Successful requests only: a rejected one says nothing about serving speed.
+    PREDICTION_LATENCY.observe(time.perf_counter() - start)
+    PREDICTION_IMAGES.observe(len(images))
     return [(name, scores) for (name, _), scores in zip(files, results, strict=True)]

@@ -33,9 +33,11 @@ class Service:
     env: dict[str, str]
     logs: Path
     processes: list[subprocess.Popen]
+    api_key: str = ""
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
     def stop(self) -> None:
         for p in self.processes:
@@ -101,11 +103,16 @@ def start_stack(postgres_url: str, redis_url: str, root: Path, **extra_env: str)
         **extra_env,
     }
     subprocess.run([BIN / "transferlab", "migrate"], env=env, check=True, capture_output=True)
+    # The operator's first step in production: a key, made with the CLI on the database.
+    api_key = subprocess.run(
+        [BIN / "transferlab", "keys", "create", "--scopes", "admin", "--name", "e2e"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = start([str(BIN / "transferlab"), "api", "--port", str(port)], env, logs / "api.log")
     worker = start([str(BIN / "transferlab"), "worker"], env, logs / "worker.log")
-    service = Service(url=url, env=env, logs=logs, processes=[api, worker])
+    service = Service(url=url, env=env, logs=logs, processes=[api, worker], api_key=api_key)
     try:
         wait_ready(url, service.processes, service.log_text)
     except BaseException:

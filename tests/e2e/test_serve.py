@@ -8,6 +8,7 @@ import signal
 import time
 import zipfile
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import (
@@ -37,6 +38,11 @@ def test_serve_runs_the_whole_loop_without_services(tmp_path, digits_zip):
         banner = (logs / "serve.log").read_text()
         assert "sqlite:///" in banner and str(tmp_path / "data") in banner
         worker_pid = int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
+        # The first start made an admin key and printed it once.
+        service.api_key = re.search(r"^  (tl_\S+)$", banner, re.MULTILINE).group(1)
+        with service.client() as c:
+            assert c.get("/v1/jobs").status_code == 200
+        assert httpx.get(f"{service.url}/v1/jobs").status_code == 401
 
         path = digits_zip(classes=(0, 1), per_class=10, name="serve.zip")
         with service.client() as c:

@@ -151,6 +151,7 @@ def test_unavailable_pretrained_weights_fail_with_an_actionable_message(
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert "pretrained" in job["error"] and "pretrained=false" in job["error"]
+    assert job["error_code"] == "pretrained_weights_unavailable"
     assert client.get("/v1/models").json()["total"] == 0
 
 

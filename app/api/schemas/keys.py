@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -9,7 +9,7 @@ from app.api.schemas.common import SLUG_PATTERN, ORMModel, UTCDateTime
 
 Scope = Literal["read", "train", "predict", "admin"]
 
-KEY_EXAMPLE = {
+KEY_EXAMPLE: dict[str, Any] = {
     "id": "0b9f3c1e-3c55-4c1e-9a1d-2e5b7f0a9c44",
     "name": "ci",
     "prefix": "4f1a9c2b7d3e",

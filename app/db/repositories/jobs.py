@@ -57,7 +57,9 @@ def heartbeat(session: Session, job_id: uuid.UUID) -> bool:
     return bool(flag)
 
 
-def fail_stale(session: Session, older_than: datetime, message: str) -> list[uuid.UUID]:
+def fail_stale(
+    session: Session, older_than: datetime, message: str, *, error_code: str | None = None
+) -> list[uuid.UUID]:
     """running jobs whose heartbeat is older than ``older_than`` -> failed, with ``message``."""
     stale = list(
         session.scalars(
@@ -71,19 +73,29 @@ def fail_stale(session: Session, older_than: datetime, message: str) -> list[uui
         session.execute(
             update(Job)
             .where(Job.id.in_(stale), Job.status == JobStatus.running.value)
-            .values(status=JobStatus.failed.value, error=message, finished_at=utcnow())
+            .values(
+                status=JobStatus.failed.value,
+                error=message,
+                error_code=error_code,
+                finished_at=utcnow(),
+            )
         )
     return stale
 
 
 def finish(
-    session: Session, job_id: uuid.UUID, status: JobStatus, *, error: str | None = None
+    session: Session,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    error_code: str | None = None,
 ) -> bool:
     """running -> a final status, only from running (a cancelled job stays cancelled)."""
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.running.value)
-        .values(status=status.value, error=error, finished_at=utcnow())
+        .values(status=status.value, error=error, error_code=error_code, finished_at=utcnow())
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 

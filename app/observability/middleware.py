@@ -1,0 +1,126 @@
+"""Request ids, the access log and the HTTP metrics, as one pure ASGI middleware.
+
+Pure ASGI (not Starlette's BaseHTTPMiddleware) so request bodies stream through untouched: a
+multi-gigabyte dataset upload is never buffered here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability.context import accept_request_id, request_id_var
+from app.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+access_log = logging.getLogger("transferlab.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_HEADER_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
+
+
+class RouteTemplates:
+    """Path templates of the app's operations, to name requests the router never saw: those
+    refused by a middleware in front of it (no API key, body too large).
+
+    Read from the OpenAPI schema, FastAPI's public flattened view of the routes (prefixes of
+    included routers applied), once, at the first such request.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._templates: list[tuple[re.Pattern[str], str, set[str]]] | None = None
+
+    def _load(self) -> list[tuple[re.Pattern[str], str, set[str]]]:
+        if self._templates is None:
+            found = []
+            for template, operations in self.app.openapi().get("paths", {}).items():
+                # /v1/jobs/{job_id} -> ^/v1/jobs/[^/]+$ (path parameters never span a '/').
+                pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+                methods = {m.upper() for m in operations}
+                found.append((re.compile(f"^{pattern}$"), template, methods))
+            self._templates = found
+        return self._templates
+
+    def find(self, method: str, path: str) -> str | None:
+        method = "GET" if method == "HEAD" else method
+        other_method = None
+        for pattern, template, methods in self._load():
+            if pattern.match(path):
+                if method in methods:
+                    return template
+                other_method = other_method or template
+        return other_method
+
+
+def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str:
+    """The matched route's path template (``/v1/jobs/{job_id}``), never the raw path: one
+    time series per route, not one per id. Requests that match no route are "unmatched"."""
+    route = scope.get("route")  # set by the router on a full or partial (405) match
+    if route is not None:
+        template = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if template:
+            return str(template)
+    if templates is not None:
+        return templates.find(scope.get("method", ""), scope.get("path", "")) or "unmatched"
+    return "unmatched"
+
+
+class RequestObservability:
+    """Give each HTTP request an id (``X-Request-ID``, in and out), count and time it by route
+    template, and write one access log line when it is done."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: Any = None) -> None:
+        self.app = app
+        self.templates = RouteTemplates(fastapi_app) if fastapi_app is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = None
+        for key, value in scope.get("headers", ()):
+            if key == _HEADER_KEY:
+                incoming = value.decode("latin-1")
+                break
+        request_id = accept_request_id(incoming)
+        token = request_id_var.set(request_id)
+        status = 500  # what the client gets if the app fails before it starts a response
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != _HEADER_KEY
+                ]
+                headers.append((_HEADER_KEY, request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            self._record(scope, status, elapsed)
+            request_id_var.reset(token)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        method = scope.get("method", "")
+        route = route_template(scope, self.templates)
+        HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+        HTTP_LATENCY.labels(method=method, route=route).observe(elapsed)
+        extra: dict[str, Any] = {
+            "method": method,
+            "route": route,
+            "path": scope.get("path", ""),
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 1),
+        }
+        access_log.info(
+            "%s %s %s %.1f ms", method, extra["path"], status, extra["duration_ms"], extra=extra
+        )
