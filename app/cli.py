@@ -125,6 +125,19 @@ def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    """In serve's worker process: get SIGTERM when serve dies, even by SIGKILL.
+
+    Without it a `kill -9` of serve left the worker running (re-parented to init) and taking
+    jobs with the old code; each restart added one. Linux only (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _exit_cleanly(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
@@ -140,7 +153,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
             "  transferlab keys create --scopes read,train,predict --name <who>\n",
             flush=True,
         )
-    worker = subprocess.Popen(worker_command(), env=os.environ.copy())
+    worker = subprocess.Popen(worker_command(), env=os.environ.copy(), preexec_fn=_die_with_parent)
     print(
         "TransferLab (embedded)\n"
         f"  API:      http://{host}:{port}  (docs: http://{host}:{port}/docs)\n"

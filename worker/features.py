@@ -27,7 +27,7 @@ def save_embeddings(emb: Embeddings, dataset_dir: Path, dest: Path, meta: dict) 
         writer.writerow(["row", "split", "label", "class", "path"])
         for row, ((path, label), split) in enumerate(zip(emb.samples, emb.splits, strict=True)):
             rel = Path(path).relative_to(dataset_dir).as_posix()
-            writer.writerow([row, split, label, emb.class_names[label], rel])
+            writer.writerow([row, split, label, _cell(emb.class_names[label]), _cell(rel)])
     (partial / "meta.json").write_text(
         json.dumps(
             {
@@ -46,3 +46,10 @@ def save_embeddings(emb: Embeddings, dataset_dir: Path, dest: Path, meta: dict) 
         for name in ("features.npy", "index.csv", "meta.json"):
             zf.write(partial / name, arcname=name)
     partial.rename(dest)
+
+
+def _cell(text: str) -> str:
+    """Class names and paths come from the uploaded archive: a leading =, +, -, @ (or a tab or
+    carriage return) would make a spreadsheet run the cell as a formula (OWASP's CSV injection
+    advice: prefix a single quote)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -28,10 +29,16 @@ def broker_reachable(celery: Celery, timeout: float = 5.0) -> bool:
 
 
 def touch(path: Path) -> None:
+    """Replace the file atomically. The temporary file is made with O_EXCL (mkstemp) and renamed
+    over ``path``: a symlink planted at either name in a shared /tmp is replaced, never
+    followed (write_text followed it and overwrote the link's target)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)  # the check never sees a half-written file
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def clear(path: Path = ALIVE_FILE) -> None:

@@ -116,6 +116,9 @@ async def send_error(
     await send({"type": "http.response.body", "body": body.encode()})
 
 
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::[0-9]{1,5})?")
+
+
 class HostAllowList:
     """400 ``host_not_allowed`` for a Host header outside the list (DNS rebinding).
 
@@ -128,11 +131,11 @@ class HostAllowList:
         self.suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
 
     def allows(self, host: str) -> bool:
-        name = host.lower()
-        if name.startswith("["):  # [::1]:8000
-            name = name.split("]", 1)[0] + "]"
-        else:
-            name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+        # host, host:port or [v6]:port, and nothing else ("127.0.0.1:x@evil.com" is refused).
+        match = _HOST.fullmatch(host.lower())
+        if match is None:
+            return False
+        name = match.group(1)
         return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

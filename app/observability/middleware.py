@@ -117,10 +117,19 @@ class RequestObservability:
         extra: dict[str, Any] = {
             "method": method,
             "route": route,
-            "path": scope.get("path", ""),
+            "path": _printable(scope.get("path", "")),
             "status": status,
             "duration_ms": round(elapsed * 1000, 1),
         }
         access_log.info(
             "%s %s %s %.1f ms", method, extra["path"], status, extra["duration_ms"], extra=extra
         )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(path: str, limit: int = 1000) -> str:
+    """The request path as it may appear in a log line: a decoded %0A would otherwise let a
+    caller without a key write a forged line into the text log."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", path[:limit])

@@ -89,3 +89,27 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_serve_killed_by_sigkill_takes_its_worker_with_it(tmp_path):
+    # Found by an attack: the orphaned worker kept taking jobs with the old code, and each
+    # restart of serve added one more.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
+    env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
+    port = free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    serve = start([str(BIN / "transferlab"), "serve", "--port", str(port)], env, logs / "serve.log")
+    service = Service(url=f"http://127.0.0.1:{port}", env=env, logs=logs, processes=[serve])
+    try:
+        wait_ready(service.url, [serve], service.log_text)
+        banner = (logs / "serve.log").read_text()
+        worker_pid = int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
+        os.kill(serve.pid, signal.SIGKILL)
+        serve.wait()
+        deadline = time.monotonic() + 30
+        while _alive(worker_pid):
+            assert time.monotonic() < deadline, "the worker outlived a SIGKILLed serve"
+            time.sleep(0.2)
+    finally:
+        stop(serve)

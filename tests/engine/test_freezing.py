@@ -132,16 +132,19 @@ def test_layer_decay_on_vit_and_efficientnet(small_digits):
     ("options", "message"),
     [
         ({"freeze_patterns": "layer1.*"}, "freeze_patterns must be a list"),
-        ({"freeze_patterns": ["layer1.*", ""]}, "non-empty strings"),
+        ({"freeze_patterns": ["layer1.*", ""]}, "strings of 1-200 characters"),
         ({"freeze_bn": "yes"}, "freeze_bn must be true or false"),
         ({"unfreeze_every": 2}, "unfreeze_every needs freeze_stages >= 1"),
-        ({"freeze_stages": 1, "unfreeze_every": 0}, "unfreeze_every must be an integer >= 1"),
+        (
+            {"freeze_stages": 1, "unfreeze_every": 0},
+            "unfreeze_every must be an integer from 1 to 1000",
+        ),
         ({"backbone_lr_mult": 0}, r"backbone_lr_mult must be a number in \(0, 1\]"),
         ({"backbone_lr_mult": 2.0}, r"backbone_lr_mult must be a number in \(0, 1\]"),
         ({"layer_decay": 1.5}, r"layer_decay must be a number in \(0, 1\] or null"),
         ({"penalty": "l3"}, "penalty must be one of none, l1, l2"),
         ({"penalty_lambda": 0.1}, "penalty_lambda is set but penalty is 'none'"),
-        ({"penalty": "l2", "penalty_lambda": -1}, "penalty_lambda must be a number >= 0"),
+        ({"penalty": "l2", "penalty_lambda": -1}, "penalty_lambda must be a number from 0 to"),
     ],
 )
 def test_bad_finetune_options_are_engine_errors(options, message):

@@ -86,7 +86,7 @@ def test_unknown_option_names_the_valid_ones(small_digits):
 
 @pytest.mark.parametrize("value", [-1, 1.5, "2", True])
 def test_freeze_stages_must_be_a_non_negative_int(value):
-    with pytest.raises(EngineError, match="freeze_stages must be an integer >= 0"):
+    with pytest.raises(EngineError, match="freeze_stages must be an integer from 0 to 100"):
         create_strategy("finetune", freeze_stages=value)
 
 

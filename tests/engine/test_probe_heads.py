@@ -136,7 +136,7 @@ def test_stage_out_of_range_names_the_stages(small_digits):
         ({"features": "stage:-1"}, r"features must be 'pre_logits' or 'stage:<i>'"),
         ({"features": "layer2"}, r"features must be 'pre_logits' or 'stage:<i>'"),
         ({"mlp_hidden": 64}, "mlp_hidden applies only to head='mlp'"),
-        ({"head": "mlp", "mlp_hidden": 0}, "mlp_hidden must be an integer >= 1"),
+        ({"head": "mlp", "mlp_hidden": 0}, "mlp_hidden must be an integer from 1 to 16384"),
         ({"head": "mlp", "mlp_dropout": 1.0}, r"mlp_dropout must be a number in \[0, 1\)"),
     ],
 )

@@ -36,8 +36,9 @@ def check_fraction(name: str, value: object, *, optional: bool = False) -> None:
         raise EngineError(f"{name} must be a number in (0, 1]{null} (got {value!r}).")
 
 
-# Penalty strengths beyond this swamp any loss (the proximal step would pin the weights).
-MAX_PENALTY = 1_000.0
+# The proximal steps are stable for any strength; beyond this one the weights are pinned to
+# their anchor and the number is a typo, not a choice.
+MAX_PENALTY = 1e6
 MAX_FREEZE_PATTERNS = 64
 
 
