@@ -16,6 +16,7 @@ from app.api import catalog, datasets, health, jobs, keys, models
 from app.api.auth import ApiKeyAuth, KeyCache, require_scope, route_scopes
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
+from app.api.schemas.common import error_responses
 from app.db.repositories import datasets as datasets_repo
 from app.db.session import Database
 from app.observability import install_observability
@@ -76,7 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (datasets, jobs, models, catalog, keys, health):
         app.include_router(module.router)
-    install_observability(app, settings, dependencies=[require_scope("read")])
+    install_observability(
+        app, settings, dependencies=[require_scope("read")], responses=error_responses()
+    )
     route_scopes(app)  # fails now if a /v1 route declares no scope
 
     # Starlette runs the middleware added last first. Outermost to innermost: observability

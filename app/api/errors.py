@@ -8,21 +8,42 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-def _envelope(status: int, code: str, message: str, details: dict | None = None) -> JSONResponse:
+
+def _envelope(
+    status: int,
+    code: str,
+    message: str,
+    details: dict | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return JSONResponse(status_code=status, content=body)
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 def _field(loc: tuple) -> str:
     # ("body", "hyperparameters", "epochs") -> "hyperparameters.epochs"
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "form", "header")]
     return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Ask the routes themselves (included routers are nested, so no flat list to read).
+    routes = request.app.router.routes
+    return [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -61,7 +82,12 @@ def install_error_handlers(app: FastAPI) -> None:
                 "multipart/form-data as the endpoint documents",
             )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _envelope(exc.status_code, code, detail)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # A 405 must list the methods the resource has. Starlette's router names only those
+            # of the first route on the path, and each method is its own route here.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _envelope(exc.status_code, code, detail, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

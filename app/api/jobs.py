@@ -76,7 +76,7 @@ def job_out(job: Job, session: SessionDep) -> JobOut:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses=error_responses(404, 409, 413, 422, 503),
+    responses=error_responses(400, 404, 409, 413, 422, 503),
     summary="Submit a training job",
     dependencies=[require_scope("train")],
     description=(

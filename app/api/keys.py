@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[require_scope
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=KeyCreated,
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(400, 401, 403, 413, 422),
     summary="Create an API key (admin)",
     description="Scopes: `read` (every GET), `train` (upload and delete datasets, submit and "
     "cancel jobs), `predict` (prediction), `admin` (everything, and keys). The key is in this "

@@ -66,7 +66,7 @@ def download_model(model: ValidModel) -> FileResponse:
 @router.post(
     "/{model_id}/predict",
     response_model=PredictionOut,
-    responses=error_responses(404, 413, 422),
+    responses=error_responses(400, 404, 413, 422),
     summary="Classify one or several images",
     dependencies=[require_scope("predict")],
     description=(

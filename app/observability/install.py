@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.params import Depends
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import Response
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp
 
@@ -31,10 +31,15 @@ transferlab_queue_depth{queue="training"} 2.0
 
 
 def install_observability(
-    app: FastAPI, settings: Settings, *, dependencies: Sequence[Depends] | None = None
+    app: FastAPI,
+    settings: Settings,
+    *,
+    dependencies: Sequence[Depends] | None = None,
+    responses: dict[int | str, dict[str, Any]] | None = None,
 ) -> None:
     """Add request ids, the access log and request metrics to ``app``, and the ``/metrics`` and
-    ``/docs`` routes. ``dependencies`` guard ``/metrics`` (e.g. an API key with a scope).
+    ``/docs`` routes. ``dependencies`` guard ``/metrics`` (e.g. an API key with a scope);
+    ``responses`` documents the errors they can answer with (OpenAPI ``responses`` entries).
 
     Needs ``app.state.db``, ``app.state.queue`` and ``app.state.settings`` at scrape time.
     """
@@ -45,12 +50,17 @@ def install_observability(
     @router.get(
         "/metrics",
         summary="Prometheus metrics: requests, jobs, queue depth, predictions, model cache",
-        response_class=PlainTextResponse,
+        # Plain `Response` (no media type of its own), so the error entries in `responses` are
+        # documented as the JSON they are, not as text/plain.
+        response_class=Response,
         responses={
             200: {
                 "description": "Prometheus text exposition format (OpenMetrics on request)",
-                "content": {"text/plain": {"example": METRICS_EXAMPLE}},
-            }
+                "content": {
+                    "text/plain": {"schema": {"type": "string"}, "example": METRICS_EXAMPLE}
+                },
+            },
+            **(responses or {}),
         },
     )
     def metrics(request: Request) -> Response:
