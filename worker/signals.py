@@ -31,10 +31,14 @@ def connect(celery: Celery) -> None:
         liveness.clear()
 
     def on_ready(**_: Any) -> None:
+        # The liveness beat first: a metrics port that is taken must not stop the health check.
+        beat.append(liveness.LivenessBeat(celery).start())
         port = get_settings().worker_metrics_port
         if port is not None:
-            serve_metrics(port)
-        beat.append(liveness.LivenessBeat(celery).start())
+            try:
+                serve_metrics(port)
+            except OSError:
+                log.exception("worker metrics could not listen on port %s", port)
 
     def on_shutdown(**_: Any) -> None:
         for b in beat:

@@ -11,6 +11,7 @@ the scope again inside the request (defence in depth). A /v1 route without a sco
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -27,6 +28,8 @@ from app.db.session import Database
 from app.errors import ServiceError
 from app.services import keys as key_service
 from app.services.keys import Principal
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -231,8 +234,12 @@ class ApiKeyAuth:
             return key_service.authenticate(session, presented)
 
     def _touch(self, principal: Principal) -> None:
-        with self.db.session_scope() as session:
-            key_service.touch(session, principal.key_id)
+        # Best effort: a busy or briefly unreachable database must not fail a good request.
+        try:
+            with self.db.session_scope() as session:
+                key_service.touch(session, principal.key_id)
+        except Exception:
+            log.warning("could not record the last use of key %s", principal.name, exc_info=True)
 
 
 def _bearer_token(scope: Scope) -> str | None:

@@ -71,12 +71,12 @@ def create_dataset(
             name=name,
         )
         out = DatasetOut.model_validate(dataset)
-        if lost_race := idem.remember(status.HTTP_201_CREATED, out):
-            shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
-            return lost_race
         try:
+            if lost_race := idem.remember(status.HTTP_201_CREATED, out):
+                shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
+                return lost_race
             session.commit()
-        except BaseException:
+        except BaseException:  # a 409 from the race, a failed commit: the row is not there
             shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
             raise
     return out

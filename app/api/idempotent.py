@@ -42,8 +42,14 @@ class IdempotentCreate:
 
     def replayed(self) -> JSONResponse | None:
         """The first response, if this key was seen with this request (409 if with another)."""
-        if self.idem and (record := idempotency.find(self.session, self.idem, self.ttl_s)):
+        if self.idem is None:
+            return None
+        if record := idempotency.find(self.session, self.idem, self.ttl_s):
             return _replay(record)
+        # End the transaction the lookup opened (keeping a removal of an expired record): an
+        # upload is spooled and extracted next, and on Postgres a connection must not sit idle in
+        # a transaction for that long.
+        self.session.commit()
         return None
 
     def remember(self, status_code: int, out: BaseModel) -> JSONResponse | None:

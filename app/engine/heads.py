@@ -36,7 +36,7 @@ def parse_features(spec: object) -> int | None:
         return None
     if isinstance(spec, str) and spec.startswith("stage:"):
         index = spec[len("stage:") :]
-        # ASCII digits only: str.isdigit() also takes "1\n"-free but odd forms such as "²".
+        # ASCII digits only: str.isdigit() is also true of "²" and of other scripts' digits.
         if index.isascii() and index.isdigit() and len(index) <= 3:
             return int(index)
     raise ValueError(

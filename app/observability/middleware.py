@@ -111,6 +111,9 @@ class RequestObservability:
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         method = scope.get("method", "")
+        # Methods are caller-chosen text: unknown ones share one label, or each new word sent
+        # without a key would add a time series.
+        method = method if method in _METHODS else "OTHER"
         route = route_template(scope, self.templates)
         HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
         HTTP_LATENCY.labels(method=method, route=route).observe(elapsed)
@@ -126,6 +129,7 @@ class RequestObservability:
         )
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

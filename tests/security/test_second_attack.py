@@ -63,3 +63,65 @@ def test_the_liveness_file_replaces_a_planted_symlink(tmp_path):
     touch(alive)
     assert victim.read_text() == "precious"
     assert not alive.is_symlink() and alive.read_text().strip().isdigit()
+
+
+def test_a_huge_integer_option_is_a_422_not_a_500(client, digits_zip):
+    from tests.api.conftest import error_code, upload
+
+    dataset_id = upload(client, digits_zip(per_class=3, name="h.zip")).json()["id"]
+    for options in ({"alpha": 10**400}, {"freeze_patterns": [10**400]}):
+        r = client.post(
+            "/v1/jobs",
+            json={"strategy": "l2sp", "base_model": "timm:test_resnet", "dataset_id": dataset_id,
+                  "options": options},
+        )  # fmt: skip
+        assert r.status_code == 422, r.text
+        assert error_code(r) == "validation_error"
+
+
+def test_invented_methods_share_one_metrics_label(client):
+    from prometheus_client import REGISTRY
+
+    def other() -> float:
+        labels = {"method": "OTHER", "route": "/healthz", "status": "405"}
+        return REGISTRY.get_sample_value("transferlab_http_requests_total", labels) or 0.0
+
+    before = other()
+    for word in ("X0", "X1", "PROPFIND"):
+        client.request(word, "/healthz")
+    assert other() == before + 3
+    assert (
+        REGISTRY.get_sample_value(
+            "transferlab_http_requests_total",
+            {"method": "X1", "route": "/healthz", "status": "405"},
+        )
+        is None
+    )
+
+
+def test_uploads_racing_with_one_key_leave_one_dataset(client, settings, digits_zip):
+    # Different archives under one key, sent at once: most pass the replay check together and
+    # meet at the unique constraint; the losers answer 409 and must remove what they extracted.
+    import threading
+
+    from tests.api.conftest import error_code
+
+    paths = [digits_zip(per_class=3 + i, name=f"race{i}.zip") for i in range(4)]
+    results: list = []
+
+    def send(path) -> None:
+        with path.open("rb") as fh:
+            files = {"file": ("r.zip", fh)}
+            results.append(
+                client.post("/v1/datasets", files=files, headers={"Idempotency-Key": "race"})
+            )
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in results) == [201, 409, 409, 409]
+    assert all(error_code(r) == "idempotency_key_reused" for r in results if r.status_code == 409)
+    assert client.get("/v1/datasets").json()["total"] == 1
+    assert len(list(settings.layout.datasets.iterdir())) == 1

@@ -82,7 +82,8 @@ def _check_option_value(name: str, value: Any, *, in_list: bool = False) -> None
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or abs(value) > 1e9:
+        # abs() first: math.isfinite(10**400) raises OverflowError (a 500, not a 422).
+        if abs(value) > 1e9 or not math.isfinite(value):
             raise ValueError(f"options.{name} must be a finite number of at most 1e9 in size")
         return
     if isinstance(value, str):
@@ -197,7 +198,7 @@ class JobOut(ORMModel):
     error_code: str | None = Field(
         None,
         description="why a failed job failed, stable and safe to branch on: invalid_spec, "
-        "dataset_missing, base_model_missing, pretrained_weights_unavailable, worker_lost, "
+        "dataset_missing, dataset_corrupt, base_model_missing, pretrained_weights_unavailable, worker_lost, "
         "broker_unavailable, internal_error",
     )
     cancel_requested: bool

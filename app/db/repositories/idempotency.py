@@ -29,8 +29,9 @@ def add(session: Session, record: IdempotencyRecord) -> None:
 
 
 def remove(session: Session, record: IdempotencyRecord) -> None:
-    session.delete(record)
-    session.flush()
+    # A bulk DELETE: two requests removing the same expired record must not fail the second
+    # (session.delete would raise StaleDataError on Postgres when the row is already gone).
+    session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record.id))
 
 
 def delete_older_than(session: Session, cutoff: datetime) -> int:
