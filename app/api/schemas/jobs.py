@@ -198,8 +198,8 @@ class JobOut(ORMModel):
     error_code: str | None = Field(
         None,
         description="why a failed job failed, stable and safe to branch on: invalid_spec, "
-        "dataset_missing, dataset_corrupt, base_model_missing, pretrained_weights_unavailable, worker_lost, "
-        "broker_unavailable, internal_error",
+        "dataset_missing, dataset_corrupt, base_model_missing, pretrained_weights_unavailable, "
+        "worker_lost, broker_unavailable, internal_error",
     )
     cancel_requested: bool
     model_id: uuid.UUID | None = Field(None, description="the model version this job produced")
