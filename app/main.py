@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.api import catalog, datasets, health, jobs, keys, models
-from app.api.auth import ApiKeyAuth, KeyCache, require_scope, route_scopes
+from app.api.auth import ApiKeyAuth, KeyCache, check_route_scopes, require_scope
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
 from app.api.schemas.common import error_responses
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_observability(
         app, settings, dependencies=[require_scope("read")], responses=error_responses()
     )
-    route_scopes(app)  # fails now if a /v1 route declares no scope
+    check_route_scopes(app)  # fails now if a /v1 route declares no scope
 
     # Starlette runs the middleware added last first. Outermost to innermost: observability
     # (installed above), host check, CORS (preflights carry no key), the API key check (before

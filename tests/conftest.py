@@ -11,7 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.db.migrate import upgrade
+from app.settings import Settings
 from tests.services import postgres_url, redis_url  # noqa: F401  (fixtures for every layer)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """A real data folder and SQLite database at the latest schema, for one test."""
+    s = Settings(data_dir=tmp_path / "data", loader_workers=0, progress_interval_s=0.0)
+    s.layout.ensure()
+    upgrade(s.resolved_database_url)
+    return s
 
 
 def digit_png(image: np.ndarray, size: int = 32) -> bytes:

@@ -12,10 +12,8 @@ the scope again inside the request (defence in depth). A /v1 route without a sco
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-from dataclasses import dataclass
 
 import anyio
 from fastapi import Depends, FastAPI, Request, Security
@@ -26,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.limits import send_error
 from app.db.session import Database
 from app.errors import ServiceError
+from app.operations import OperationTable
 from app.services import keys as key_service
 from app.services.keys import Principal
 
@@ -92,33 +91,13 @@ def _insufficient(principal: Principal, scope: str) -> InsufficientScope:
     )
 
 
-@dataclass(frozen=True)
-class RouteScope:
-    method: str
-    path: re.Pattern[str]
-    scope: str | None
-
-
-def route_scopes(app: FastAPI) -> list[RouteScope]:
-    """Each operation's method, path and scope, read from the app's OpenAPI schema.
-
-    The schema is FastAPI's public, flattened view of every route (router prefixes and router-level
-    dependencies applied), and the scope in it is exactly what clients are told. An operation
-    under /v1 without a scope is an error: nothing there is open by accident.
-    """
-    found = []
-    for template, operations in app.openapi().get("paths", {}).items():
-        # /v1/jobs/{job_id} -> ^/v1/jobs/[^/]+$ (path parameters never span a '/').
-        pattern = re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
-        for method, operation in operations.items():
-            scopes = {s for req in operation.get("security") or [] for v in req.values() for s in v}
-            if len(scopes) > 1:
-                raise RuntimeError(f"{method} {template} declares several scopes: {scopes}")
-            scope = scopes.pop() if scopes else None
-            if scope is None and template.startswith("/v1"):
-                raise RuntimeError(f"{method} {template} declares no scope: add require_scope")
-            found.append(RouteScope(method.upper(), pattern, scope))
-    return found
+def check_route_scopes(app: FastAPI) -> None:
+    """Every operation under /v1 declares exactly one scope: nothing there is open by accident."""
+    for op in OperationTable(app).operations:
+        if len(op.scopes) > 1:
+            raise RuntimeError(f"{op.method} {op.template} declares several scopes: {op.scopes}")
+        if not op.scopes and op.template.startswith("/v1"):
+            raise RuntimeError(f"{op.method} {op.template} declares no scope: add require_scope")
 
 
 class KeyCache:
@@ -166,24 +145,15 @@ class ApiKeyAuth:
         self.fastapi_app = fastapi_app
         self.db = db
         self.cache = cache
-        self._routes: list[RouteScope] | None = None
+        self.operations = OperationTable(fastapi_app)
 
     def _required_scope(self, scope: Scope) -> str | None:
-        if self._routes is None:
-            self._routes = route_scopes(self.fastapi_app)
-        path, method = scope["path"], scope["method"]
-        method = "GET" if method == "HEAD" else method
-        other_method: str | None = None
-        for route in self._routes:
-            if route.path.match(path):
-                if route.method == method:
-                    return route.scope
-                other_method = other_method or route.scope
-        # A known path with another method (FastAPI answers 405) still needs a key; so does any
-        # unknown path under /v1, so that probing it tells nothing to a caller without one.
-        if other_method is None and path.startswith("/v1/"):
-            return "read"
-        return other_method
+        # A known path with another method (the router answers 405) needs that path's key; any
+        # unknown path under /v1 needs one too, so probing tells nothing to a caller without one.
+        op = self.operations.match(scope["method"], scope["path"])
+        if op is not None and op.scopes:
+            return next(iter(op.scopes))
+        return "read" if op is None and scope["path"].startswith("/v1/") else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.observability.context import accept_request_id, request_id_var
 from app.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.operations import OperationTable
 
 access_log = logging.getLogger("transferlab.access")
 
@@ -22,41 +23,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _HEADER_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")
 
 
-class RouteTemplates:
-    """Path templates of the app's operations, to name requests the router never saw: those
-    refused by a middleware in front of it (no API key, body too large).
-
-    Read from the OpenAPI schema, FastAPI's public flattened view of the routes (prefixes of
-    included routers applied), once, at the first such request.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self._templates: list[tuple[re.Pattern[str], str, set[str]]] | None = None
-
-    def _load(self) -> list[tuple[re.Pattern[str], str, set[str]]]:
-        if self._templates is None:
-            found = []
-            for template, operations in self.app.openapi().get("paths", {}).items():
-                # /v1/jobs/{job_id} -> ^/v1/jobs/[^/]+$ (path parameters never span a '/').
-                pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
-                methods = {m.upper() for m in operations}
-                found.append((re.compile(f"^{pattern}$"), template, methods))
-            self._templates = found
-        return self._templates
-
-    def find(self, method: str, path: str) -> str | None:
-        method = "GET" if method == "HEAD" else method
-        other_method = None
-        for pattern, template, methods in self._load():
-            if pattern.match(path):
-                if method in methods:
-                    return template
-                other_method = other_method or template
-        return other_method
-
-
-def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str:
+def route_template(scope: Scope, operations: OperationTable | None = None) -> str:
     """The matched route's path template (``/v1/jobs/{job_id}``), never the raw path: one
     time series per route, not one per id. Requests that match no route are "unmatched"."""
     route = scope.get("route")  # set by the router on a full or partial (405) match
@@ -64,8 +31,11 @@ def route_template(scope: Scope, templates: RouteTemplates | None = None) -> str
         template = getattr(route, "path_format", None) or getattr(route, "path", None)
         if template:
             return str(template)
-    if templates is not None:
-        return templates.find(scope.get("method", ""), scope.get("path", "")) or "unmatched"
+    # Requests refused before routing (no key, body too large) are named by the same table the
+    # key check uses.
+    if operations is not None:
+        op = operations.match(scope.get("method", ""), scope.get("path", ""))
+        return op.template if op is not None else "unmatched"
     return "unmatched"
 
 
@@ -75,7 +45,7 @@ class RequestObservability:
 
     def __init__(self, app: ASGIApp, fastapi_app: Any = None) -> None:
         self.app = app
-        self.templates = RouteTemplates(fastapi_app) if fastapi_app is not None else None
+        self.operations = OperationTable(fastapi_app) if fastapi_app is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +84,7 @@ class RequestObservability:
         # Methods are caller-chosen text: unknown ones share one label, or each new word sent
         # without a key would add a time series.
         method = method if method in _METHODS else "OTHER"
-        route = route_template(scope, self.templates)
+        route = route_template(scope, self.operations)
         HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
         HTTP_LATENCY.labels(method=method, route=route).observe(elapsed)
         extra: dict[str, Any] = {

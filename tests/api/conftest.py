@@ -8,19 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.db.migrate import upgrade
 from app.db.session import Database
 from app.main import create_app
 from app.services import keys as key_service
 from app.settings import Settings
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "data", loader_workers=0, progress_interval_s=0.0)
-    s.layout.ensure()
-    upgrade(s.resolved_database_url)
-    return s
 
 
 def make_key(settings: Settings, scopes: list[str], name: str = "test") -> str:

@@ -25,7 +25,9 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.e2e
 
 
-def test_serve_runs_the_whole_loop_without_services(tmp_path, digits_zip):
+def start_serve(tmp_path) -> tuple[Service, str, int]:
+    """`transferlab serve` on a fresh data folder: the service, its start-up banner, and the pid
+    of the worker it started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
     env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
     port = free_port()
@@ -35,9 +37,18 @@ def test_serve_runs_the_whole_loop_without_services(tmp_path, digits_zip):
     service = Service(url=f"http://127.0.0.1:{port}", env=env, logs=logs, processes=[serve])
     try:
         wait_ready(service.url, [serve], service.log_text)
-        banner = (logs / "serve.log").read_text()
+    except BaseException:
+        stop(serve)
+        raise
+    banner = (logs / "serve.log").read_text()
+    return service, banner, int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
+
+
+def test_serve_runs_the_whole_loop_without_services(tmp_path, digits_zip):
+    service, banner, worker_pid = start_serve(tmp_path)
+    serve = service.processes[0]
+    try:
         assert "sqlite:///" in banner and str(tmp_path / "data") in banner
-        worker_pid = int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
         # The first start made an admin key and printed it once.
         service.api_key = re.search(r"^  (tl_\S+)$", banner, re.MULTILINE).group(1)
         with service.client() as c:
@@ -94,17 +105,9 @@ def _alive(pid: int) -> bool:
 def test_serve_killed_by_sigkill_takes_its_worker_with_it(tmp_path):
     # Found by an attack: the orphaned worker kept taking jobs with the old code, and each
     # restart of serve added one more.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
-    env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
-    port = free_port()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    serve = start([str(BIN / "transferlab"), "serve", "--port", str(port)], env, logs / "serve.log")
-    service = Service(url=f"http://127.0.0.1:{port}", env=env, logs=logs, processes=[serve])
+    service, _, worker_pid = start_serve(tmp_path)
+    serve = service.processes[0]
     try:
-        wait_ready(service.url, [serve], service.log_text)
-        banner = (logs / "serve.log").read_text()
-        worker_pid = int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
         os.kill(serve.pid, signal.SIGKILL)
         serve.wait()
         deadline = time.monotonic() + 30

@@ -4,24 +4,14 @@ prometheus-client's own registry, compared before and after so test order does n
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from app.db.migrate import upgrade
 from app.main import create_app
 from app.settings import Settings
 from tests.api.conftest import bearer, make_key
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path / "data", loader_workers=0, progress_interval_s=0.0)
-    s.layout.ensure()
-    upgrade(s.resolved_database_url)
-    return s
 
 
 @pytest.fixture

@@ -1,1 +1,1 @@
-from tests.api.conftest import admin_key, client, db, settings  # noqa: F401  (same real SQLite app)
+from tests.api.conftest import admin_key, client, db  # noqa: F401  (same real SQLite app)
