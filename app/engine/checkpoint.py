@@ -55,6 +55,31 @@ class EarlyStopping:
         assert self.best_epoch is not None
         return metrics.epoch - self.best_epoch >= self.patience
 
+    def save(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Its state for a TrainState: the best epoch's weights and validation, as tensors."""
+        meta = {"best_epoch": self.best_epoch, "best_value": self.best_value}
+        tensors: dict[str, torch.Tensor] = {}
+        if self._state is not None and self._val is not None:
+            tensors = {f"best.{k}": v for k, v in self._state.items()}
+            tensors["best_val.predictions"] = self._val.predictions
+            tensors["best_val.targets"] = self._val.targets
+            meta |= {"best_val_loss": self._val.loss, "best_val_accuracy": self._val.accuracy}
+        return tensors, meta
+
+    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.best_epoch, self.best_value = meta["best_epoch"], meta["best_value"]
+        if "best_val_loss" in meta:
+            device = next(iter(self.module.state_dict().values())).device
+            self._state = {
+                k[len("best.") :]: v.to(device) for k, v in tensors.items() if k.startswith("best.")
+            }
+            self._val = EvalStats(
+                loss=meta["best_val_loss"],
+                accuracy=meta["best_val_accuracy"],
+                predictions=tensors["best_val.predictions"],
+                targets=tensors["best_val.targets"],
+            )
+
     def restore(self, last: Any) -> Any:
         """Load the best epoch's state into the module; return its EvalStats (``last`` when
         early stopping is off)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from app.engine.loop import Runtime, resolve_device, seed_everything
 from app.engine.metrics import compute_evaluation
 from app.engine.models import create_timm_model, set_input_size
 from app.engine.specs import DatasetSplits, Hyperparameters, ModelCard, ModelSource, TrainResult
+from app.engine.state import Checkpointer
 from app.engine.strategies import FitContext, create_strategy
 
 
@@ -55,8 +57,16 @@ def run_training(
     callbacks: Sequence[Callback] = (),
     device: str = "auto",
     num_workers: int = 0,
+    checkpoint_dir: Path | None = None,
 ) -> TrainResult:
     """Train a classifier for ``data.class_names`` and return it on CPU in eval mode.
+
+    With ``checkpoint_dir``, the training state is saved there after every epoch of an
+    image-training phase (finetune, l2sp, l1sp, lp_ft's second phase), and a run that finds a
+    state there continues from it: on CPU with loader workers 0 the per-epoch metrics are those
+    of an uninterrupted run (with loader workers, the workers' augmentation streams restart). A
+    linear_probe job saves nothing: it repeats its deterministic feature pass, the bulk of its
+    time, whatever is saved.
 
     Cheap checks (strategy and options, device, splits) run before any model is built, so a bad
     job fails in milliseconds. Raises ``EngineError`` with a user-facing message, or
@@ -81,6 +91,7 @@ def run_training(
         torch.backends.cudnn.benchmark = True
     runtime.place_model(model)
 
+    checkpointer = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
     ctx = FitContext(
         model=model,
         class_names=tuple(data.class_names),
@@ -91,6 +102,8 @@ def run_training(
         runtime=runtime,
         callbacks=CallbackList(callbacks),
         num_workers=num_workers,
+        checkpointer=checkpointer,
+        resume=checkpointer.latest() if checkpointer is not None else None,
     )
     start = time.perf_counter()
     try:

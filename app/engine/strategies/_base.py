@@ -14,6 +14,7 @@ from app.engine.callbacks import CallbackList
 from app.engine.data import Sample
 from app.engine.loop import Runtime
 from app.engine.specs import EpochMetrics, Hyperparameters
+from app.engine.state import Checkpointer, TrainState
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class FitContext:
     runtime: Runtime
     callbacks: CallbackList
     num_workers: int
+    # Where each finished epoch's TrainState goes (None: not saved), and the one to resume from.
+    checkpointer: Checkpointer | None = None
+    resume: TrainState | None = None
 
 
 @dataclass(frozen=True)

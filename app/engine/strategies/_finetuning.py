@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from app.engine.checkpoint import EarlyStopping
@@ -24,6 +25,15 @@ from app.engine.models import batchnorm_layers, freeze_stages, match_parameters
 from app.engine.optim import create_optimizer, create_param_groups, lr_factor, set_epoch_lr
 from app.engine.regularization import PenaltyTerm, ProximalPenalty
 from app.engine.specs import EpochMetrics, Hyperparameters, _is_int, _is_number
+from app.engine.state import (
+    TrainState,
+    capture_rng,
+    load_module,
+    load_optimizer,
+    module_tensors,
+    optimizer_tensors,
+    restore_rng,
+)
 from app.engine.strategies._base import FitContext, Strategy
 
 
@@ -214,11 +224,24 @@ def run_finetune_phase(
         hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
     )
     stopper = EarlyStopping(model, hp)
+    generator = train_loader.generator
+    first_index = 1
+    resume = ctx.resume
+    if resume is not None and resume.phase == phase and resume.epoch >= first_epoch:
+        # Everything above was built as in the interrupted run (the penalty's anchors included);
+        # now its state at the end of its last saved epoch replaces what training changes.
+        load_module(model, "model", resume)
+        load_optimizer(optimizer, resume)
+        penalty.refresh()  # load_state_dict made new param-group dicts: re-read them (their lr)
+        stopper.load(resume.tensors, resume.meta["early_stopping"])
+        restore_rng(resume, generator)
+        history[:] = resume.history
+        first_index = resume.epoch - first_epoch + 2
 
     if announce:
         ctx.callbacks.on_train_start(hp.epochs, len(train_loader))
     val = None
-    for index in range(1, epochs + 1):
+    for index in range(first_index, epochs + 1):
         epoch = first_epoch + index - 1
         start = time.perf_counter()
         if freezing.apply(index):
@@ -249,8 +272,41 @@ def run_finetune_phase(
         )
         history.append(metrics)
         ctx.callbacks.on_epoch_end(metrics)
-        if stopper.update(metrics, val):
+        stop = stopper.update(metrics, val)
+        if ctx.checkpointer is not None and not stop and index < epochs:
+            ctx.checkpointer.save(
+                _state(phase, epoch, history, model, optimizer, stopper, generator)
+            )
+        if stop:
             break
-    assert val is not None  # epochs >= 1
+    if val is None:  # resumed after its last epoch: evaluate what the checkpoint holds
+        val = evaluate(model, val_loader, runtime=runtime, callbacks=ctx.callbacks)
     model.eval()
     return stopper.restore(val)
+
+
+def _state(
+    phase: str,
+    epoch: int,
+    history: list[EpochMetrics],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stopper: EarlyStopping,
+    generator: torch.Generator | None,
+) -> TrainState:
+    """Everything a resumed phase needs (see app.engine.state for what is left out, and why)."""
+    optim_tensors, optim_meta = optimizer_tensors(optimizer)
+    best_tensors, best_meta = stopper.save()
+    rng_tensors, rng_meta = capture_rng(generator)
+    return TrainState(
+        phase=phase,
+        epoch=epoch,
+        history=list(history),
+        tensors={
+            **module_tensors("model", model.state_dict()),
+            **optim_tensors,
+            **best_tensors,
+            **rng_tensors,
+        },
+        meta={"optimizer": optim_meta, "early_stopping": best_meta, "rng": rng_meta},
+    )
