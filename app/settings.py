@@ -88,9 +88,16 @@ class Settings(BaseSettings):
         default=2.0, description="how often a running job writes its step progress"
     )
     stale_job_after_s: float = Field(
-        default=600.0,
-        description="a running job without a heartbeat for this long is failed when a worker "
-        "starts (its worker died)",
+        default=30.0,
+        gt=0,
+        description="a running job without a heartbeat for this long has lost its worker: it "
+        "goes back to the queue and resumes from its last checkpoint",
+    )
+    job_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="how often a worker writes its running job's heartbeat"
+    )
+    max_job_attempts: int = Field(
+        default=3, ge=1, description="a job whose worker died this many times is failed"
     )
 
     @model_validator(mode="after")

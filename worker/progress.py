@@ -19,8 +19,10 @@ CANCEL_POLL_S = 1.0
 
 
 class DatabaseProgress(Callback):
-    def __init__(self, db: Database, job_id: uuid.UUID, *, interval_s: float) -> None:
-        self.db, self.job_id, self.interval_s = db, job_id, interval_s
+    def __init__(
+        self, db: Database, job_id: uuid.UUID, *, interval_s: float, attempt: int | None = None
+    ) -> None:
+        self.db, self.job_id, self.interval_s, self.attempt = db, job_id, interval_s, attempt
         self._last_write = 0.0
         self._last_poll = 0.0
         self._cancelled = False
@@ -61,6 +63,8 @@ class DatabaseProgress(Callback):
         now = time.monotonic()
         if not self._cancelled and now - self._last_poll >= CANCEL_POLL_S:
             with self.db.session_scope() as session:
-                self._cancelled = repo.heartbeat(session, self.job_id)
+                # Also True when the job is no longer this attempt's: it was taken for dead and
+                # restarted elsewhere, so this run stops rather than race the new one.
+                self._cancelled = repo.heartbeat(session, self.job_id, self.attempt)
             self._last_poll = now
         return self._cancelled

@@ -8,7 +8,7 @@ import shutil
 import time
 import uuid
 from dataclasses import asdict
-from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from app.engine import (
     run_training,
     save_artifact,
 )
+from app.engine.state import Checkpointer
 from app.errors import ServiceError
 from app.observability import job_context
 from app.settings import Settings
@@ -41,6 +42,7 @@ from app.storage.datasets import load_manifest
 from worker import metrics
 from worker.features import save_embeddings
 from worker.progress import DatabaseProgress
+from worker.recovery import WORKER_LOST, JobHeartbeat  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,6 @@ DATASET_MISSING = "dataset_missing"
 DATASET_CORRUPT = "dataset_corrupt"
 BASE_MODEL_MISSING = "base_model_missing"
 INTERNAL_ERROR = "internal_error"  # a bug or an environment problem: see the worker's log
-WORKER_LOST = "worker_lost"  # the worker died mid-job (fail_stale_jobs)
 
 
 class JobInputError(Exception):
@@ -74,7 +75,8 @@ def error_code(exc: BaseException) -> str:
 def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
     with job_context(job_id):
         with db.session_scope() as session:
-            if not jobs_repo.claim(session, job_id):
+            attempt = jobs_repo.claim(session, job_id)
+            if attempt is None:
                 # Already running, finished or cancelled: a redelivery, or a cancel that won the
                 # race.
                 log.info("job %s not claimed (no longer queued); nothing to do", job_id)
@@ -82,7 +84,8 @@ def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
         metrics.JOB_RUNNING.set(1)
         started = time.monotonic()
         try:
-            status, strategy = _run_claimed(job_id, settings, db)
+            with JobHeartbeat(db, job_id, attempt, every_s=settings.job_heartbeat_s):
+                status, strategy = _run_claimed(job_id, attempt, settings, db)
         finally:
             # A worker shut down mid-job counts nothing: its job is still running in the
             # database, and the next worker fails it as worker_lost.
@@ -93,11 +96,22 @@ def execute_job(job_id: uuid.UUID, settings: Settings, db: Database) -> str:
         return status.value
 
 
-def _run_claimed(job_id: uuid.UUID, settings: Settings, db: Database) -> tuple[JobStatus, str]:
+def _run_claimed(
+    job_id: uuid.UUID, attempt: int, settings: Settings, db: Database
+) -> tuple[JobStatus, str]:
     """Run a claimed job to its final status; returns (status, strategy)."""
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     strategy = "unknown"
+    checkpoints = Checkpointer(settings.layout.checkpoint_dir(job_id))
+    if attempt > 1:
+        # The epochs after the last saved state are trained again and recorded anew.
+        resumed_from = checkpoints.latest_epoch()
+        with db.session_scope() as session:
+            jobs_repo.delete_metrics_after(session, job_id, resumed_from)
+        log.warning("job %s: attempt %d resumes after epoch %d", job_id, attempt, resumed_from)
+    finish = partial(_finish, db, job_id, attempt=attempt)
+    fail = partial(_fail, db, job_id, attempt=attempt)
     try:
         with db.session_scope() as session:
             job = _load(session, job_id)
@@ -105,10 +119,12 @@ def _run_claimed(job_id: uuid.UUID, settings: Settings, db: Database) -> tuple[J
             source, parent_id = _model_source(session, job)
             data, dataset = _dataset_splits(session, settings, job)
             spec = dict(job.spec)
-        progress = DatabaseProgress(db, job_id, interval_s=settings.progress_interval_s)
+        progress = DatabaseProgress(
+            db, job_id, interval_s=settings.progress_interval_s, attempt=attempt
+        )
         if spec["strategy"] == FEATURE_JOB:
             _extract(settings, db, job_id, spec, source, data, dataset, progress)
-            return _finish(db, job_id, JobStatus.succeeded), strategy
+            return finish(JobStatus.succeeded), strategy
         result = run_training(
             source=source,
             strategy=spec["strategy"],
@@ -118,16 +134,20 @@ def _run_claimed(job_id: uuid.UUID, settings: Settings, db: Database) -> tuple[J
             callbacks=[progress],
             device=settings.device,
             num_workers=settings.loader_workers,
+            checkpoint_dir=checkpoints.folder,
         )
         _register_model(db, settings, job_id, spec, dataset, parent_id, result)
-        return _finish(db, job_id, JobStatus.succeeded), strategy
+        return finish(JobStatus.succeeded), strategy
     except TrainingCancelled:
-        return _finish(db, job_id, JobStatus.cancelled), strategy
+        return finish(JobStatus.cancelled), strategy
     except (EngineError, JobInputError) as exc:
-        return _fail(db, job_id, str(exc), error_code(exc)), strategy
+        return fail(str(exc), error_code(exc)), strategy
     except Exception as exc:
         message = f"internal error ({type(exc).__name__}: {exc})"[:2000]
-        return _fail(db, job_id, message, INTERNAL_ERROR, exc_info=True), strategy
+        return fail(message, INTERNAL_ERROR, exc_info=True), strategy
+    finally:
+        # Any outcome ends the job (a lost worker never gets here): its state is not needed.
+        checkpoints.clear()
 
 
 def _extract(
@@ -168,18 +188,28 @@ def _extract(
         )
 
 
-def _finish(db: Database, job_id: uuid.UUID, status: JobStatus) -> JobStatus:
+def _finish(
+    db: Database, job_id: uuid.UUID, status: JobStatus, *, attempt: int | None = None
+) -> JobStatus:
     with db.session_scope() as session:
-        jobs_repo.finish(session, job_id, status)
+        jobs_repo.finish(session, job_id, status, attempt=attempt)
     log.info("job %s %s", job_id, status.value)
     return status
 
 
 def _fail(
-    db: Database, job_id: uuid.UUID, error: str, code: str, *, exc_info: bool = False
+    db: Database,
+    job_id: uuid.UUID,
+    error: str,
+    code: str,
+    *,
+    exc_info: bool = False,
+    attempt: int | None = None,
 ) -> JobStatus:
     with db.session_scope() as session:
-        jobs_repo.finish(session, job_id, JobStatus.failed, error=error, error_code=code)
+        jobs_repo.finish(
+            session, job_id, JobStatus.failed, error=error, error_code=code, attempt=attempt
+        )
     metrics.JOB_FAILURES.labels(error_code=code).inc()
     # The code goes beside the message as its own field (JSON logs) or tag (text logs), so
     # alerts can group failures without parsing messages. Tracebacks only for internal errors.
@@ -317,29 +347,3 @@ def _register_model(
 
 def _latest(result: TrainResult) -> dict:
     return asdict(result.history[-1]) if result.history else {}
-
-
-def fail_stale_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
-    """Fail running jobs whose worker died (no heartbeat for ``stale_job_after_s``).
-
-    Called when a worker starts. Failing rather than requeueing is deliberate: a job that killed
-    its worker (out of memory, say) would otherwise kill the next one too.
-    """
-    limit = settings.stale_job_after_s
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=limit)
-    message = (
-        f"the worker running this job stopped without finishing it (no heartbeat for over "
-        f"{limit:.0f} s: killed, out of memory, or its machine went away); submit the job again"
-    )
-    with db.session_scope() as session:
-        stale = jobs_repo.fail_stale(session, cutoff, message, error_code=WORKER_LOST)
-    for job_id in stale:
-        metrics.JOB_FAILURES.labels(error_code=WORKER_LOST).inc()
-        log.error(
-            "job %s failed (%s): %s",
-            job_id,
-            WORKER_LOST,
-            message,
-            extra={"job_id": str(job_id), "error_code": WORKER_LOST},
-        )
-    return stale

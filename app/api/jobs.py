@@ -60,6 +60,8 @@ def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
         error=job.error,
         error_code=job.error_code,
         cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        restart_reason=job.restart_reason,
         model_id=model_id,
         created_at=job.created_at,
         started_at=job.started_at,

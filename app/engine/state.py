@@ -150,10 +150,18 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def latest(self) -> TrainState | None:
-        done = sorted(
+    def _complete(self) -> list[Path]:
+        return sorted(
             p for p in self.folder.glob(f"{_PREFIX}*") if p.is_dir() and p.suffix != ".partial"
         )
+
+    def latest_epoch(self) -> int:
+        """The epoch of the latest complete state; 0 when there is none."""
+        done = self._complete()
+        return int(done[-1].name[len(_PREFIX) :]) if done else 0
+
+    def latest(self) -> TrainState | None:
+        done = self._complete()
         if not done:
             return None
         folder = done[-1]

@@ -28,7 +28,8 @@ from tests.worker.test_runner import submit
 from worker import metrics
 from worker.healthcheck import check
 from worker.liveness import LivenessBeat
-from worker.runner import JobInputError, error_code, execute_job, fail_stale_jobs
+from worker.recovery import recover_stale_jobs
+from worker.runner import JobInputError, error_code, execute_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,12 +61,11 @@ def stored(db, job_id: str) -> Job:
 def failures(caplog):
     """The ERROR records of failed jobs, with the job id the log context adds."""
     caplog.handler.addFilter(ContextFilter())
-    caplog.set_level(logging.INFO, logger="worker.runner")
+    caplog.set_level(logging.INFO, logger="worker")
+    loggers = ("worker.runner", "worker.recovery")
 
     def records() -> list[logging.LogRecord]:
-        return [
-            r for r in caplog.records if r.levelno == logging.ERROR and r.name == "worker.runner"
-        ]
+        return [r for r in caplog.records if r.levelno == logging.ERROR and r.name in loggers]
 
     return records
 
@@ -138,10 +138,11 @@ def test_an_engine_error_may_name_its_own_code():
     assert error_code(KeyError("x")) == "internal_error"
 
 
-def test_stale_job_is_worker_lost(client, settings, db, digits_zip, failures):
+def test_a_job_out_of_attempts_is_worker_lost(client, settings, db, digits_zip, failures):
+    once = settings.model_copy(update={"max_job_attempts": 1})
     dead = running_job(client, db, digits_zip, heartbeat_age_s=settings.stale_job_after_s + 5)
     lost = sample("transferlab_worker_job_failures_total", error_code="worker_lost")
-    assert fail_stale_jobs(settings, db) == [dead]
+    assert recover_stale_jobs(once, db, enqueue=lambda _: None) == []
     assert stored(db, str(dead)).error_code == "worker_lost"
     (record,) = failures()
     assert record.error_code == "worker_lost" and record.job_id == str(dead)

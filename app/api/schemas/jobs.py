@@ -175,6 +175,8 @@ JOB_EXAMPLE: dict[str, Any] = {
     "error": None,
     "error_code": None,
     "cancel_requested": False,
+    "attempts": 1,
+    "restart_reason": None,
     "model_id": None,
     "created_at": "2026-11-29T10:00:00Z",
     "started_at": "2026-11-29T10:00:01Z",
@@ -202,6 +204,12 @@ class JobOut(ORMModel):
         "worker_lost, broker_unavailable, internal_error",
     )
     cancel_requested: bool
+    attempts: int = Field(
+        0, description="how many times a worker started the job (more than 1: it was resumed)"
+    )
+    restart_reason: str | None = Field(
+        None, description="why the job was last put back in the queue, if it was"
+    )
     model_id: uuid.UUID | None = Field(None, description="the model version this job produced")
     created_at: UTCDateTime
     started_at: UTCDateTime | None

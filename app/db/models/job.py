@@ -54,3 +54,7 @@ class Job(Base):
     # Written by the running worker about once a second; a running job whose heartbeat stopped
     # belongs to a worker that died, and is failed by the next worker that starts.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # How many times a worker has started this job; a job whose worker died goes back to the
+    # queue (and resumes from its last checkpoint) until it has used TRANSFERLAB_MAX_JOB_ATTEMPTS.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    restart_reason: Mapped[str | None] = mapped_column(Text, default=None)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -36,51 +36,87 @@ def add(session: Session, job: Job) -> Job:
     return job
 
 
-def claim(session: Session, job_id: uuid.UUID) -> bool:
-    """queued -> running, only if still queued. A second delivery of the task gets False."""
-    result = session.execute(
+def claim(session: Session, job_id: uuid.UUID) -> int | None:
+    """queued -> running, only if still queued; the attempt number this worker now owns. A
+    second delivery of the task gets None."""
+    now = utcnow()
+    attempt = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued.value)
-        .values(status=JobStatus.running.value, started_at=utcnow(), heartbeat_at=utcnow())
+        .values(
+            status=JobStatus.running.value,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+        )
+        .returning(Job.attempts)
+    )
+    return int(attempt) if attempt is not None else None
+
+
+def heartbeat(session: Session, job_id: uuid.UUID, attempt: int | None = None) -> bool:
+    """Record that the job's worker is alive; return whether it should stop: a cancel was
+    requested, or (with ``attempt``) the job is no longer this attempt's (its worker was taken
+    for dead and the job restarted elsewhere)."""
+    guard = [Job.id == job_id]
+    if attempt is not None:
+        guard += [Job.attempts == attempt, Job.status == JobStatus.running.value]
+    flag = session.scalar(
+        update(Job).where(*guard).values(heartbeat_at=utcnow()).returning(Job.cancel_requested)
+    )
+    return flag is None or bool(flag)
+
+
+def stale(session: Session, older_than: datetime) -> Sequence[Job]:
+    """running jobs whose heartbeat is older than ``older_than``: their worker is gone."""
+    return session.scalars(
+        select(Job).where(Job.status == JobStatus.running.value, Job.heartbeat_at < older_than)
+    ).all()
+
+
+def requeue(session: Session, job: Job, older_than: datetime, reason: str) -> bool:
+    """running (still stale, still the same attempt) -> queued, with the reason."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job.id,
+            Job.status == JobStatus.running.value,
+            Job.attempts == job.attempts,
+            Job.heartbeat_at < older_than,
+        )
+        .values(status=JobStatus.queued.value, restart_reason=reason, cancel_requested=False)
+        # No in-Python evaluation of the WHERE on loaded rows (SQLite gives naive datetimes).
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def heartbeat(session: Session, job_id: uuid.UUID) -> bool:
-    """Record that the job's worker is alive; return whether a cancel was requested."""
-    flag = session.scalar(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(heartbeat_at=utcnow())
-        .returning(Job.cancel_requested)
-    )
-    return bool(flag)
+def delete_metrics_after(session: Session, job_id: uuid.UUID, epoch: int) -> None:
+    """Epochs past a checkpoint are trained again by the resumed run, which records them anew."""
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.epoch > epoch))
 
 
 def fail_stale(
-    session: Session, older_than: datetime, message: str, *, error_code: str | None = None
-) -> list[uuid.UUID]:
-    """running jobs whose heartbeat is older than ``older_than`` -> failed, with ``message``."""
-    stale = list(
-        session.scalars(
-            select(Job.id).where(
-                Job.status == JobStatus.running.value, Job.heartbeat_at < older_than
-            )
+    session: Session, job: Job, older_than: datetime, message: str, *, error_code: str
+) -> bool:
+    """running (still stale, still the same attempt) -> failed, with ``message``."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job.id,
+            Job.status == JobStatus.running.value,
+            Job.attempts == job.attempts,
+            Job.heartbeat_at < older_than,
         )
+        .values(
+            status=JobStatus.failed.value,
+            error=message,
+            error_code=error_code,
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
     )
-    if stale:
-        # The status guard again: a job that finished in the meantime keeps its real outcome.
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(stale), Job.status == JobStatus.running.value)
-            .values(
-                status=JobStatus.failed.value,
-                error=message,
-                error_code=error_code,
-                finished_at=utcnow(),
-            )
-        )
-    return stale
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def finish(
@@ -90,11 +126,16 @@ def finish(
     *,
     error: str | None = None,
     error_code: str | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """running -> a final status, only from running (a cancelled job stays cancelled)."""
+    """running -> a final status, only from running (a cancelled job stays cancelled) and, with
+    ``attempt``, only by the worker that owns the job's current attempt."""
+    guard = [Job.id == job_id, Job.status == JobStatus.running.value]
+    if attempt is not None:
+        guard.append(Job.attempts == attempt)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running.value)
+        .where(*guard)
         .values(status=status.value, error=error, error_code=error_code, finished_at=utcnow())
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
@@ -125,6 +166,10 @@ def set_progress(session: Session, job_id: uuid.UUID, **values: Any) -> None:
 
 
 def add_metric(session: Session, metric: JobMetric) -> None:
+    """Insert an epoch's metrics, replacing a row for that epoch from an earlier attempt."""
+    session.execute(
+        delete(JobMetric).where(JobMetric.job_id == metric.job_id, JobMetric.epoch == metric.epoch)
+    )
     session.add(metric)
     session.flush()
 
