@@ -126,16 +126,18 @@ def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
 
 
 def _die_with_parent() -> None:
-    """In serve's worker process: get SIGTERM when serve dies, even by SIGKILL.
+    """In serve's worker process: die with serve, even when serve dies by SIGKILL.
 
     Without it a `kill -9` of serve left the worker running (re-parented to init) and taking
-    jobs with the old code; each restart added one. Linux only (prctl PR_SET_PDEATHSIG)."""
+    jobs with the old code; each restart added one. SIGKILL, not SIGTERM: Celery's warm shutdown
+    would finish the running job first, however long; killed, the job resumes from its last
+    checkpoint when serve starts again. Linux only (prctl PR_SET_PDEATHSIG)."""
     if sys.platform != "linux":
         return
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
