@@ -26,7 +26,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
-PREDICT_BATCH = 64  # bounds memory for large requests; the serving layer batches across requests
+PREDICT_BATCH = 64  # bounds memory for large requests (nothing batches across requests yet)
 
 
 def save_artifact(model: nn.Module, card: ModelCard, directory: Path) -> None:

@@ -104,7 +104,11 @@ def set_input_size(model: nn.Module, current: Sequence[int], wanted: Sequence[in
 
 
 def freeze_stages(model: nn.Module, num_stages: int) -> list[nn.Module]:
-    """Freeze the stem and the first ``num_stages`` stages listed in timm's ``feature_info``.
+    """Freeze every parameter up to the ``num_stages``-th entry of timm's ``feature_info``.
+
+    NOTE the entries are what timm lists, not "stages" in the paper's sense: on ResNets the first
+    entry is the stem (``act1``), so 1 freezes the stem alone and 3 the stem, layer1 and layer2;
+    on ViTs the entries are blocks, and the patch embedding comes before the first.
 
     Returns the frozen modules: the training loop keeps them in eval mode so BatchNorm running
     statistics (buffers, not parameters) stay frozen too.
@@ -112,8 +116,7 @@ def freeze_stages(model: nn.Module, num_stages: int) -> list[nn.Module]:
     timm models register their submodules in forward order, and ``named_parameters`` /
     ``named_modules`` yield in registration order (a module's own parameters first, which is how
     ViT's cls_token/pos_embed come out ahead of the patch embedding). So "every parameter up to and
-    including the module named by ``feature_info[N-1]['module']``" is exactly the stem plus the
-    first N stages.
+    including the module named by ``feature_info[N-1]['module']``" is exactly that prefix.
     """
     if num_stages == 0:
         return []

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
 from app.db.models.job import ACTIVE_STATUSES
+from app.db.repositories._paging import paginate
 
 
 def get(session: Session, dataset_id: uuid.UUID) -> Dataset | None:
@@ -17,11 +18,8 @@ def get(session: Session, dataset_id: uuid.UUID) -> Dataset | None:
 
 
 def list_(session: Session, *, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
-    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc()).limit(limit).offset(offset)
-    ).all()
-    return rows, total
+    order = Dataset.created_at.desc()
+    return paginate(session, select(Dataset), order_by=order, limit=limit, offset=offset)
 
 
 def add(session: Session, dataset: Dataset) -> Dataset:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models import Job, JobMetric, JobStatus
+from app.db.repositories._paging import paginate
 
 
 def get(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -22,12 +23,9 @@ def list_(
     session: Session, *, status: str | None, limit: int, offset: int
 ) -> tuple[Sequence[Job], int]:
     query = select(Job)
-    count = select(func.count()).select_from(Job)
     if status is not None:
         query = query.where(Job.status == status)
-        count = count.where(Job.status == status)
-    rows = session.scalars(query.order_by(Job.created_at.desc()).limit(limit).offset(offset)).all()
-    return rows, session.scalar(count) or 0
+    return paginate(session, query, order_by=Job.created_at.desc(), limit=limit, offset=offset)
 
 
 def add(session: Session, job: Job) -> Job:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db.models import ModelVersion
+from app.db.repositories._paging import paginate
 
 
 def get(session: Session, model_id: uuid.UUID) -> ModelVersion | None:
@@ -33,14 +34,10 @@ def list_(
     session: Session, *, name: str | None, limit: int, offset: int
 ) -> tuple[Sequence[ModelVersion], int]:
     query = select(ModelVersion)
-    count = select(func.count()).select_from(ModelVersion)
     if name is not None:
         query = query.where(ModelVersion.name == name)
-        count = count.where(ModelVersion.name == name)
-    rows = session.scalars(
-        query.order_by(ModelVersion.created_at.desc()).limit(limit).offset(offset)
-    ).all()
-    return rows, session.scalar(count) or 0
+    order = ModelVersion.created_at.desc()
+    return paginate(session, query, order_by=order, limit=limit, offset=offset)
 
 
 def next_version(session: Session, name: str) -> int:

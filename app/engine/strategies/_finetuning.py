@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.engine.checkpoint import EarlyStopping
 from app.engine.data import (
     ImageDataset,
     create_eval_transform,
@@ -19,6 +18,7 @@ from app.engine.data import (
     create_train_loader,
     create_train_transform,
 )
+from app.engine.early_stopping import EarlyStopping
 from app.engine.errors import EngineError
 from app.engine.loop import EvalStats, create_criterion, evaluate, train_one_epoch
 from app.engine.models import batchnorm_layers, freeze_stages, match_parameters
@@ -61,7 +61,9 @@ def check_non_negative(name: str, value: object, maximum: float = MAX_PENALTY) -
 class FinetuneOptions(Strategy):
     """Options of every strategy that trains the backbone (not registered itself)."""
 
-    # Freeze the stem and the first N stages of timm's feature_info: early features are generic,
+    # Freeze every parameter up to the N-th entry of timm's feature_info (on ResNets the first
+    # entry is the stem: 3 = stem, layer1, layer2; on ViTs, patch embedding and blocks 0..N-1):
+    # early features are generic,
     # and freezing them trains faster and overfits small datasets less.
     freeze_stages: int = 0
     # Also freeze parameters whose names match any of these fnmatch patterns ("layer1.*",

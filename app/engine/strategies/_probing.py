@@ -22,13 +22,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from app.engine.callbacks import CallbackList
-from app.engine.checkpoint import EarlyStopping
 from app.engine.data import (
     ImageDataset,
     balanced_sample_weights,
     create_eval_transform,
     create_loader,
 )
+from app.engine.early_stopping import EarlyStopping
 from app.engine.errors import EngineError
 from app.engine.loop import (
     EvalStats,
