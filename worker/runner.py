@@ -306,6 +306,8 @@ def _register_model(
         "num_val_images": evaluation.num_samples,
         "train_seconds": result.train_seconds,
         "epochs": len(result.history),
+        # What the engine chose where the spec left it open (augmentation "auto", keep_best).
+        **result.choices,
     }
     name = spec.get("name") or dataset.name
     try:

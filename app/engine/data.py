@@ -280,3 +280,29 @@ def create_train_loader(
         drop_last=drop_last,
         persistent_workers=True,
     )
+
+
+# timm's ImageNet train transform (RandomResizedCrop down to 8% of the area, flips, colour
+# jitter) is made for photos of ImageNet's scale; below this side, "auto" picks "light".
+AUTO_MIN_SIDE = 128
+_AUTO_SAMPLE = 64  # headers read to judge a dataset's image sizes
+
+
+def resolve_augmentation(
+    augmentation: str, samples: Sequence[tuple[str, int]], input_size: Sequence[int]
+) -> str:
+    """``augmentation`` itself, or for "auto": "default" (timm's policy) when the images' median
+    shorter side and the model's input are both at least AUTO_MIN_SIDE, else "light"."""
+    if augmentation != "auto":
+        return augmentation
+    step = max(1, len(samples) // _AUTO_SAMPLE)
+    sides = []
+    for path, _ in list(samples)[::step][:_AUTO_SAMPLE]:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                sides.append(min(img.size))
+        except (OSError, ValueError):  # unreadable: the loader names the file when it meets it
+            continue
+    median = sorted(sides)[len(sides) // 2] if sides else 0
+    fits = median >= AUTO_MIN_SIDE and min(input_size[-2:]) >= AUTO_MIN_SIDE
+    return "default" if fits else "light"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from app.engine.callbacks import Callback, CallbackList
-from app.engine.data import resolve_preprocessing, split_train_val
+from app.engine.data import resolve_augmentation, resolve_preprocessing, split_train_val
 from app.engine.errors import EngineError
 from app.engine.export import load_artifact
 from app.engine.heads import ProbedModel
@@ -84,6 +85,8 @@ def run_training(
     seed_everything(hparams.seed)
     model, arch_name, base_cfg = build_model(source, num_classes)
     preprocessing = resolve_preprocessing(base_cfg, hparams.image_size)
+    augmentation = resolve_augmentation(hparams.augmentation, train, preprocessing["input_size"])
+    hparams = dataclasses.replace(hparams, augmentation=augmentation)
     set_input_size(model, base_cfg["input_size"], preprocessing["input_size"])
     if runtime.device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest kernels once (not bitwise reproducible
@@ -104,6 +107,7 @@ def run_training(
         num_workers=num_workers,
         checkpointer=checkpointer,
         resume=checkpointer.latest() if checkpointer is not None else None,
+        choices={"augmentation": augmentation},
     )
     start = time.perf_counter()
     try:
@@ -135,4 +139,5 @@ def run_training(
         history=list(outcome.history),
         evaluation=evaluation,
         train_seconds=train_seconds,
+        choices=dict(ctx.choices),
     )

@@ -41,7 +41,12 @@ def test_finetune_result_is_cpu_eval_model_with_matching_evaluation(finetuned):
     # Stratified 20% of 60 images per class.
     assert evaluation.num_samples == 120
     assert sum(map(sum, evaluation.confusion_matrix)) == 120
-    assert evaluation.accuracy == pytest.approx(finetuned.history[-1].val_accuracy)
+    # keep_best (the default): the model and its evaluation are those of the kept epoch, the
+    # best by val_loss (early_stopping_metric's default).
+    kept = finetuned.choices["kept_epoch"]
+    assert kept == min(finetuned.history, key=lambda m: m.val_loss).epoch
+    assert evaluation.accuracy == pytest.approx(finetuned.history[kept - 1].val_accuracy)
+    assert finetuned.choices["augmentation"] == "light"  # 32 px digits: auto picks light
     assert set(evaluation.per_class_accuracy) == set(finetuned.card.class_names)
     diagonal = sum(evaluation.confusion_matrix[i][i] for i in range(10))
     assert evaluation.accuracy == pytest.approx(diagonal / 120)

@@ -38,10 +38,12 @@ class Hyperparameters(BaseModel):
     sampler: Literal["shuffle", "balanced"] = Field(
         "shuffle", description="balanced: every class drawn equally often (with replacement)"
     )
-    augmentation: Literal["default", "none", "light", "strong"] = Field(
-        "default",
-        description="default: timm's train transform; none: eval transform; light: 60-100% "
-        "random crop, no flips; strong: RandAugment. Not used where features are cached",
+    augmentation: Literal["auto", "default", "none", "light", "strong"] = Field(
+        "auto",
+        description="auto: timm's train transform for images and inputs of 128 px or more, "
+        "else light (the job's model metrics say which); default: timm's train transform; "
+        "none: eval transform; light: 60-100% random crop, no flips; strong: RandAugment. "
+        "Not used where features are cached",
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["constant", "cosine", "step"] = Field(
@@ -52,6 +54,11 @@ class Hyperparameters(BaseModel):
     gamma: float = Field(0.1, gt=0, le=1, description="scheduler 'step': decay factor")
     grad_clip_norm: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm")
     amp: bool = Field(True, description="bfloat16 autocast on CUDA GPUs that support it")
+    keep_best: bool = Field(
+        True,
+        description="return the epoch with the best early_stopping_metric on the validation "
+        "split, not the last (also without early_stopping_patience)",
+    )
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> Hyperparameters:

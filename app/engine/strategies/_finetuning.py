@@ -284,7 +284,9 @@ def run_finetune_phase(
     if val is None:  # resumed after its last epoch: evaluate what the checkpoint holds
         val = evaluate(model, val_loader, runtime=runtime, callbacks=ctx.callbacks)
     model.eval()
-    return stopper.restore(val)
+    kept = stopper.restore(val)
+    ctx.choices["kept_epoch"] = stopper.best_epoch or history[-1].epoch
+    return kept
 
 
 def _state(

@@ -196,4 +196,6 @@ def run_probe_phase(
             if stopper.update(metrics, val):
                 break
         assert val is not None  # epochs >= 1
-        return stopper.restore(val), ran
+        kept = stopper.restore(val)
+        ctx.choices["kept_epoch"] = stopper.best_epoch or history[-1].epoch
+        return kept, ran
