@@ -108,6 +108,13 @@ def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
 
     from app.observability import logging_config
 
+    # Starlette spools multipart uploads to temporary files before our handler runs: keep them
+    # under the data folder too (the system /tmp may be small or in RAM), for this process and
+    # the uvicorn workers it starts. Set here, after serve started its Celery worker, whose
+    # liveness file stays in the system temp folder where its health check looks.
+    settings.layout.ensure()
+    os.environ["TMPDIR"] = str(settings.layout.tmp)
+    tempfile.tempdir = None  # re-read TMPDIR
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each uvicorn process writes its counters here and /metrics sums them; fresh per start.
