@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from app.storage.artifacts import ArtifactStore
 from app.storage.layout import DataLayout
 
 EMBEDDED_BROKER = "filesystem://"
@@ -133,6 +134,10 @@ class Settings(BaseSettings):
     @property
     def layout(self) -> DataLayout:
         return DataLayout(self.data_dir.resolve())
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.layout.root)
 
     @property
     def resolved_database_url(self) -> str:

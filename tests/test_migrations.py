@@ -31,3 +31,29 @@ def test_migrations_match_models_on_sqlite(tmp_path):
 @pytest.mark.e2e
 def test_migrations_match_models_on_postgres(postgres_url):
     assert_matches_models(postgres_url)
+
+
+def test_0005_turns_model_paths_into_keys(tmp_path):
+    """Rows written with absolute paths (before 0005) get the key of the same folder."""
+    import uuid
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    command.upgrade(alembic_config(url), "0004")
+    engine = create_engine(url)
+    model_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (id, name, version, base_model, strategy, class_names,"
+                " metrics, lineage, artifact_dir, created_at) VALUES (:id, 'm', 1, 'timm:x',"
+                " 'finetune', '[]', '{}', '{}', :path, '2026-11-29 00:00:00')"
+            ),
+            {"id": model_id.hex, "path": f"/srv/old-data/models/{model_id}"},
+        )
+    upgrade(url)
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT artifact_key FROM model_versions")).scalar_one()
+    assert key == f"models/{model_id}"
+    engine.dispose()

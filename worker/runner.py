@@ -9,7 +9,6 @@ import time
 import uuid
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -116,7 +115,7 @@ def _run_claimed(
         with db.session_scope() as session:
             job = _load(session, job_id)
             strategy = str(job.spec.get("strategy", "unknown"))
-            source, parent_id = _model_source(session, job)
+            source, parent_id = _model_source(session, settings, job)
             data, dataset = _dataset_splits(session, settings, job)
             spec = dict(job.spec)
         progress = DatabaseProgress(
@@ -226,7 +225,9 @@ def _load(session: Any, job_id: uuid.UUID) -> Job:
     return job
 
 
-def _model_source(session: Any, job: Job) -> tuple[ModelSource, uuid.UUID | None]:
+def _model_source(
+    session: Any, settings: Settings, job: Job
+) -> tuple[ModelSource, uuid.UUID | None]:
     kind, _, name = job.base_model.partition(":")
     if kind == "timm":
         return ModelSource(
@@ -237,7 +238,8 @@ def _model_source(session: Any, job: Job) -> tuple[ModelSource, uuid.UUID | None
         raise JobInputError(
             f"base model {job.base_model} no longer exists", code=BASE_MODEL_MISSING
         )
-    return ModelSource(kind="artifact", artifact_dir=Path(parent.artifact_dir)), parent.id
+    folder = settings.artifacts.path(parent.artifact_key)
+    return ModelSource(kind="artifact", artifact_dir=folder), parent.id
 
 
 def _dataset_splits(session: Any, settings: Settings, job: Job) -> tuple[DatasetSplits, Dataset]:
@@ -294,7 +296,9 @@ def _register_model(
     result: TrainResult,
 ) -> None:
     model_id = uuid.uuid4()
-    final_dir = settings.layout.ensure().model_dir(model_id)
+    settings.layout.ensure()
+    key = settings.artifacts.model_key(model_id)
+    final_dir = settings.artifacts.path(key)
     partial = final_dir.with_name(final_dir.name + ".partial")
     save_artifact(result.model, result.card, partial)
     partial.rename(final_dir)  # a model folder is complete or absent
@@ -330,7 +334,7 @@ def _register_model(
                             class_names=list(result.card.class_names),
                             metrics=metrics,
                             lineage=_lineage(spec, dataset, parent_id, settings),
-                            artifact_dir=str(final_dir),
+                            artifact_key=key,
                         ),
                     )
                     jobs_repo.set_progress(

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import FileResponse
 
@@ -55,8 +53,8 @@ def get_model(model: ValidModel) -> ModelOut:
     "preprocessing) in a zip",
     dependencies=[require_scope("read")],
 )
-def download_model(model: ValidModel) -> FileResponse:
-    path = service.download_archive(model)
+def download_model(model: ValidModel, settings: SettingsDep) -> FileResponse:
+    path = service.download_archive(model, settings.artifacts)
     # The name is a slug for every version made since names are validated; slugify() again for
     # rows older than that, so no quote or slash reaches the header.
     filename = f"{slugify(model.name, default='model')}-v{model.version}.zip"
@@ -97,7 +95,7 @@ def predict(
     results = predict_uploads(
         cache,
         str(model.id),
-        Path(model.artifact_dir),
+        settings.artifacts.path(model.artifact_key),
         payload,
         top_k=top_k,
         max_files=settings.max_predict_files,

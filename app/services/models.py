@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.db.models import ModelVersion
 from app.db.repositories import models as repo
 from app.errors import NotFound
+from app.storage.artifacts import ArtifactStore
 
 
 class ModelNotFound(NotFound):
@@ -22,12 +23,12 @@ def get_model(session: Session, model_id: uuid.UUID) -> ModelVersion:
     return model
 
 
-def download_archive(model: ModelVersion) -> Path:
+def download_archive(model: ModelVersion, store: ArtifactStore) -> Path:
     """A zip of the model folder (weights + model.json), built once: versions are immutable.
 
     NOTE the file name is fixed: no user text (the model's name) ever becomes part of a path.
     """
-    folder = Path(model.artifact_dir)
+    folder = store.path(model.artifact_key)
     archive = folder / "bundle" / "model.zip"
     if not archive.exists():
         archive.parent.mkdir(exist_ok=True)

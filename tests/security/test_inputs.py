@@ -94,11 +94,11 @@ def test_a_model_name_never_becomes_a_path(client, settings, db, dataset_id, tmp
         io.BytesIO(client.get(f"/v1/models/{victim['id']}/download").content)
     )
     with db.session_scope() as s:
-        folder = Path(
-            s.scalar(
-                select(ModelVersion.artifact_dir).where(ModelVersion.id == uuid.UUID(victim["id"]))
-            )
+        key = s.scalar(
+            select(ModelVersion.artifact_key).where(ModelVersion.id == uuid.UUID(victim["id"]))
         )
+    assert key == f"models/{victim['id']}"  # a key, not a path
+    folder = settings.artifacts.path(key)
     assert victim_zip.read("model.safetensors") == (folder / "model.safetensors").read_bytes()
 
 

@@ -78,7 +78,7 @@ def test_a_resumed_job_in_process_ends_like_an_uninterrupted_one(client, setting
 
     with db.session_scope() as s:
         job = repo.get(s, job_id)
-        source, _ = _model_source(s, job)
+        source, _ = _model_source(s, settings, job)
         data, _ = _dataset_splits(s, settings, job)
     with contextlib.suppress(TrainingCancelled):
         run_training(source=source, strategy="finetune", data=data,

@@ -36,5 +36,7 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     # base model, dataset sha256, job spec, library versions
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON)
-    artifact_dir: Mapped[str] = mapped_column(String(500))
+    # Where the weights and card are, as a key for app.storage.artifacts ("models/<id>"): the
+    # database holds no paths, so the data folder can move and a store can replace it.
+    artifact_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

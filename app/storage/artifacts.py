@@ -1,0 +1,26 @@
+"""Artifacts by key. The database stores keys such as ``models/<id>``, never paths; one store
+resolves them. Today that is a folder (the data directory, shared by the API and the workers);
+an object store would be another class with the same methods, whose ``path`` fetches into a local
+cache, and neither the API nor the worker would change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path, PurePosixPath
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def model_key(model_id: uuid.UUID | str) -> str:
+        return f"models/{model_id}"
+
+    def path(self, key: str) -> Path:
+        """The local folder of ``key``. Keys are made here, from ids; anything else is refused."""
+        parts = PurePosixPath(key).parts
+        if not parts or PurePosixPath(key).is_absolute() or ".." in parts:
+            raise ValueError(f"not an artifact key: {key!r}")
+        return self.root.joinpath(*parts)
