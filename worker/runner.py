@@ -14,6 +14,7 @@ from typing import Any
 import timm
 import torch
 import torchvision
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 import app
@@ -35,6 +36,8 @@ from app.engine import (
 )
 from app.engine.state import Checkpointer
 from app.errors import ServiceError
+from app.jobspec import JobCreate
+from app.naming import slugify
 from app.observability import job_context
 from app.settings import Settings
 from app.storage.datasets import load_manifest
@@ -115,21 +118,21 @@ def _run_claimed(
         with db.session_scope() as session:
             job = _load(session, job_id)
             strategy = str(job.spec.get("strategy", "unknown"))
-            source, parent_id = _model_source(session, settings, job)
+            spec = _parse_spec(job.spec)
+            source, parent_id = _model_source(session, settings, spec)
             data, dataset = _dataset_splits(session, settings, job)
-            spec = dict(job.spec)
         progress = DatabaseProgress(
             db, job_id, interval_s=settings.progress_interval_s, attempt=attempt
         )
-        if spec["strategy"] == FEATURE_JOB:
+        if spec.strategy == FEATURE_JOB:
             _extract(settings, db, job_id, spec, source, data, dataset, progress)
             return finish(JobStatus.succeeded), strategy
         result = run_training(
             source=source,
-            strategy=spec["strategy"],
+            strategy=spec.strategy,
             data=data,
-            hparams=Hyperparameters(**spec["hyperparameters"]),
-            strategy_options=spec.get("options") or {},
+            hparams=Hyperparameters(**spec.hyperparameters.model_dump()),
+            strategy_options=spec.options,
             callbacks=[progress],
             device=settings.device,
             num_workers=settings.loader_workers,
@@ -153,24 +156,24 @@ def _extract(
     settings: Settings,
     db: Database,
     job_id: uuid.UUID,
-    spec: dict,
+    spec: JobCreate,
     source: ModelSource,
     data: DatasetSplits,
     dataset: Dataset,
     progress: DatabaseProgress,
 ) -> None:
-    hp = spec["hyperparameters"]
+    hp = spec.hyperparameters
     emb = extract_embeddings(
         source=source,
         data=data,
-        features=(spec.get("options") or {}).get("features", "pre_logits"),
-        image_size=hp.get("image_size"),
-        batch_size=hp["batch_size"],
+        features=spec.options.get("features", "pre_logits"),
+        image_size=hp.image_size,
+        batch_size=hp.batch_size,
         callbacks=[progress],
         device=settings.device,
         num_workers=settings.loader_workers,
-        amp=hp.get("amp", True),
-        seed=hp.get("seed", 0),
+        amp=hp.amp,
+        seed=hp.seed,
     )
     meta = {"job_id": str(job_id), **_lineage(spec, dataset, None, settings)}
     save_embeddings(
@@ -225,18 +228,28 @@ def _load(session: Any, job_id: uuid.UUID) -> Job:
     return job
 
 
+def _parse_spec(stored: dict[str, Any]) -> JobCreate:
+    """The stored spec as the typed object the API validated it into (one definition)."""
+    try:
+        return JobCreate.model_validate(stored)
+    except ValidationError as exc:  # a spec stored before a rule changed
+        raise JobInputError(
+            f"the job's spec is no longer valid ({exc.error_count()} problem(s): "
+            f"{exc.errors()[0]['msg']}); submit it again",
+            code=INVALID_SPEC,
+        ) from None
+
+
 def _model_source(
-    session: Any, settings: Settings, job: Job
+    session: Any, settings: Settings, spec: JobCreate
 ) -> tuple[ModelSource, uuid.UUID | None]:
-    kind, _, name = job.base_model.partition(":")
-    if kind == "timm":
-        return ModelSource(
-            kind="timm", name=name, pretrained=job.spec.get("pretrained", True)
-        ), None
-    parent = models_repo.get(session, uuid.UUID(name))
+    ref = spec.source
+    if ref.kind == "timm":
+        return ModelSource(kind="timm", name=ref.name, pretrained=spec.pretrained), None
+    parent = models_repo.get(session, ref.model_id) if ref.model_id else None
     if parent is None:
         raise JobInputError(
-            f"base model {job.base_model} no longer exists", code=BASE_MODEL_MISSING
+            f"base model {spec.base_model} no longer exists", code=BASE_MODEL_MISSING
         )
     folder = settings.artifacts.path(parent.artifact_key)
     return ModelSource(kind="artifact", artifact_dir=folder), parent.id
@@ -265,15 +278,17 @@ def _dataset_splits(session: Any, settings: Settings, job: Job) -> tuple[Dataset
     return splits, dataset
 
 
-def _lineage(spec: dict, dataset: Dataset, parent_id: uuid.UUID | None, settings: Settings) -> dict:
+def _lineage(
+    spec: JobCreate, dataset: Dataset, parent_id: uuid.UUID | None, settings: Settings
+) -> dict:
     return {
-        "base_model": spec["base_model"],
-        "pretrained": spec.get("pretrained", True),
+        "base_model": spec.base_model,
+        "pretrained": spec.pretrained,
         "parent_model_id": str(parent_id) if parent_id else None,
         "dataset_id": str(dataset.id),
         "dataset_name": dataset.name,
         "dataset_sha256": dataset.sha256,
-        "job_spec": spec,
+        "job_spec": spec.model_dump(mode="json"),
         "device": settings.device,
         "torch_threads": torch.get_num_threads(),
         "libraries": {
@@ -290,7 +305,7 @@ def _register_model(
     db: Database,
     settings: Settings,
     job_id: uuid.UUID,
-    spec: dict,
+    spec: JobCreate,
     dataset: Dataset,
     parent_id: uuid.UUID | None,
     result: TrainResult,
@@ -313,7 +328,7 @@ def _register_model(
         # What the engine chose where the spec left it open (augmentation "auto", keep_best).
         **result.choices,
     }
-    name = spec.get("name") or dataset.name
+    name = spec.name or slugify(dataset.name)
     try:
         # Two jobs finishing at once under one name race for the next version number; the
         # unique (name, version) constraint makes the loser retry with the next one.
@@ -329,8 +344,8 @@ def _register_model(
                             job_id=job_id,
                             dataset_id=dataset.id,
                             parent_id=parent_id,
-                            base_model=spec["base_model"],
-                            strategy=spec["strategy"],
+                            base_model=spec.base_model,
+                            strategy=spec.strategy,
                             class_names=list(result.card.class_names),
                             metrics=metrics,
                             lineage=_lineage(spec, dataset, parent_id, settings),

@@ -14,6 +14,7 @@ from app.db.models import Job, JobStatus
 from app.db.repositories import jobs as repo
 from app.db.repositories import models as models_repo
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError
+from app.jobspec import parse_base_model
 from app.naming import slugify
 from app.services.datasets import get_dataset
 
@@ -84,8 +85,9 @@ def validate_strategy(name: str, options: dict[str, Any]) -> None:
 
 def validate_base_model(session: Session, base_model: str) -> uuid.UUID | None:
     """Check ``timm:<name>`` or ``model:<version id>``; return the parent model id if any."""
-    kind, _, name = base_model.partition(":")
-    if kind == "timm" and name:
+    ref = parse_base_model(base_model)
+    if ref.kind == "timm":
+        name = ref.name
         if not engine.is_known_backbone(name):
             choices = engine.list_backbones()
             close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
@@ -97,19 +99,16 @@ def validate_base_model(session: Session, base_model: str) -> uuid.UUID | None:
                 details={"field": "base_model", "close_matches": close, "choices": choices},
             )
         return None
+    kind, _, name = base_model.partition(":")
     if kind == "model" and name:
-        try:
-            model_id = uuid.UUID(name)
-        except ValueError:
-            model_id = None
-        if model_id is None or models_repo.get(session, model_id) is None:
+        if ref.model_id is None or models_repo.get(session, ref.model_id) is None:
             raise InvalidInput(
                 f"base_model {base_model!r}: no model version with id {name!r}; "
                 "GET /v1/models lists them",
                 code="base_model_not_found",
                 details={"field": "base_model"},
             )
-        return model_id
+        return ref.model_id
     raise InvalidInput(
         f"base_model {base_model!r} must be 'timm:<model name>' (e.g. 'timm:resnet18') or "
         "'model:<model version id>'",
@@ -127,10 +126,10 @@ def check_spec(spec: dict[str, Any]) -> None:
         raise InvalidInput(
             str(exc), code="invalid_option", details={"field": "hyperparameters"}
         ) from None
-    kind, _, backbone = spec["base_model"].partition(":")
-    if hp.get("image_size") is None and kind == "timm":
+    ref = parse_base_model(spec["base_model"])
+    if hp.get("image_size") is None and ref.kind == "timm":
         # The backbone's own input size applies: bound the batch by it too.
-        size = engine.default_image_size(backbone)
+        size = engine.default_image_size(ref.name)
         problems = engine.check_batch_memory(hparams.batch_size, size) if size else []
         if problems:
             raise InvalidInput(

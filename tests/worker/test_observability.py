@@ -103,11 +103,30 @@ def test_engine_error_is_invalid_spec(client, settings, db, dataset_id, failures
     assert sample("transferlab_worker_job_running") == 0
 
 
-def test_unexpected_exception_is_internal_error(client, settings, db, dataset_id, failures):
+def test_a_stored_spec_that_no_longer_validates_is_invalid_spec(
+    client, settings, db, dataset_id, failures
+):
     job_id = submit(client, dataset_id)
-    with db.session_scope() as s:  # a row no code path writes: the runner trips over it
+    with db.session_scope() as s:  # as if stored before a rule changed
         job = jobs_repo.get(s, uuid.UUID(job_id))
         job.spec = {**job.spec, "hyperparameters": {"no_such_field": 1}}
+    assert execute_job(uuid.UUID(job_id), settings, db) == "failed"
+    job = stored(db, job_id)
+    assert job.error_code == "invalid_spec"
+    assert "no longer valid" in (job.error or "") and "submit it again" in (job.error or "")
+
+
+def test_unexpected_exception_is_internal_error(
+    client, settings, db, dataset_id, failures, monkeypatch
+):
+    import worker.runner
+
+    job_id = submit(client, dataset_id)
+
+    def broken(*_args, **_kwargs):  # a bug in our own code, not a dependency standing in
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(worker.runner, "_dataset_splits", broken)
     assert execute_job(uuid.UUID(job_id), settings, db) == "failed"
 
     job = stored(db, job_id)

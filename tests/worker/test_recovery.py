@@ -9,6 +9,7 @@ from datetime import timedelta
 from app.db.base import utcnow
 from app.db.models import JobMetric
 from app.db.repositories import jobs as repo
+from app.jobspec import JobCreate
 from tests.api.conftest import upload
 from worker.progress import DatabaseProgress
 from worker.recovery import JobHeartbeat, recover_stale_jobs
@@ -78,7 +79,7 @@ def test_a_resumed_job_in_process_ends_like_an_uninterrupted_one(client, setting
 
     with db.session_scope() as s:
         job = repo.get(s, job_id)
-        source, _ = _model_source(s, settings, job)
+        source, _ = _model_source(s, settings, JobCreate.model_validate(job.spec))
         data, _ = _dataset_splits(s, settings, job)
     with contextlib.suppress(TrainingCancelled):
         run_training(source=source, strategy="finetune", data=data,
