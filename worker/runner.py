@@ -7,8 +7,10 @@ import platform
 import shutil
 import time
 import uuid
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -23,7 +25,6 @@ from app.db.repositories import jobs as jobs_repo
 from app.db.repositories import models as models_repo
 from app.db.session import Database
 from app.engine import (
-    FEATURE_JOB,
     DatasetSplits,
     EngineError,
     Hyperparameters,
@@ -39,6 +40,7 @@ from app.errors import ServiceError
 from app.jobspec import JobCreate
 from app.naming import slugify
 from app.observability import job_context
+from app.services.job_kinds import kind_of
 from app.settings import Settings
 from app.storage.datasets import load_manifest
 from worker import metrics
@@ -124,21 +126,12 @@ def _run_claimed(
         progress = DatabaseProgress(
             db, job_id, interval_s=settings.progress_interval_s, attempt=attempt
         )
-        if spec.strategy == FEATURE_JOB:
-            _extract(settings, db, job_id, spec, source, data, dataset, progress)
-            return finish(JobStatus.succeeded), strategy
-        result = run_training(
-            source=source,
-            strategy=spec.strategy,
-            data=data,
-            hparams=Hyperparameters(**spec.hyperparameters.model_dump()),
-            strategy_options=spec.options,
-            callbacks=[progress],
-            device=settings.device,
-            num_workers=settings.loader_workers,
-            checkpoint_dir=checkpoints.folder,
-        )
-        _register_model(db, settings, job_id, spec, dataset, parent_id, result)
+        kind = kind_of(spec.strategy)
+        if kind is None:
+            raise JobInputError(f"unknown strategy {spec.strategy!r}", code=INVALID_SPEC)
+        run = RUNNERS[kind.name]
+        run(JobRun(settings, db, job_id, spec, source, parent_id, data, dataset, progress,
+                   checkpoints.folder))  # fmt: skip
         return finish(JobStatus.succeeded), strategy
     except TrainingCancelled:
         return finish(JobStatus.cancelled), strategy
@@ -152,42 +145,71 @@ def _run_claimed(
         checkpoints.clear()
 
 
-def _extract(
-    settings: Settings,
-    db: Database,
-    job_id: uuid.UUID,
-    spec: JobCreate,
-    source: ModelSource,
-    data: DatasetSplits,
-    dataset: Dataset,
-    progress: DatabaseProgress,
-) -> None:
-    hp = spec.hyperparameters
+@dataclass(frozen=True)
+class JobRun:
+    """What a kind's runner gets: the claimed job, its parsed inputs, its progress callback."""
+
+    settings: Settings
+    db: Database
+    job_id: uuid.UUID
+    spec: JobCreate
+    source: ModelSource
+    parent_id: uuid.UUID | None
+    data: DatasetSplits
+    dataset: Dataset
+    progress: DatabaseProgress
+    checkpoint_dir: Path
+
+
+def _train(run: JobRun) -> None:
+    result = run_training(
+        source=run.source,
+        strategy=run.spec.strategy,
+        data=run.data,
+        hparams=Hyperparameters(**run.spec.hyperparameters.model_dump()),
+        strategy_options=run.spec.options,
+        callbacks=[run.progress],
+        device=run.settings.device,
+        num_workers=run.settings.loader_workers,
+        checkpoint_dir=run.checkpoint_dir,
+    )
+    _register_model(run.db, run.settings, run.job_id, run.spec, run.dataset, run.parent_id, result)
+
+
+def _extract(run: JobRun) -> None:
+    settings, spec, hp = run.settings, run.spec, run.spec.hyperparameters
     emb = extract_embeddings(
-        source=source,
-        data=data,
+        source=run.source,
+        data=run.data,
         features=spec.options.get("features", "pre_logits"),
         image_size=hp.image_size,
         batch_size=hp.batch_size,
-        callbacks=[progress],
+        callbacks=[run.progress],
         device=settings.device,
         num_workers=settings.loader_workers,
         amp=hp.amp,
         seed=hp.seed,
     )
-    meta = {"job_id": str(job_id), **_lineage(spec, dataset, None, settings)}
+    meta = {"job_id": str(run.job_id), **_lineage(spec, run.dataset, None, settings)}
     save_embeddings(
-        emb, settings.layout.dataset_dir(dataset.id), settings.layout.features_dir(job_id), meta
+        emb,
+        settings.layout.dataset_dir(run.dataset.id),
+        settings.layout.features_dir(run.job_id),
+        meta,
     )
-    with db.session_scope() as session:
+    with run.db.session_scope() as session:
         jobs_repo.set_progress(
             session,
-            job_id,
+            run.job_id,
             latest_metrics={
                 "num_images": int(emb.features.shape[0]),
                 "dim": int(emb.features.shape[1]),
             },
         )
+
+
+# How each kind of job runs, by app.services.job_kinds' names (a test checks they agree).
+RUNNERS: dict[str, Callable[[JobRun], None]] = {"train": _train, "extract_features": _extract}
 
 
 def _finish(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.auth import require_scope
 from app.api.schemas.common import error_responses
 from app.engine import list_backbones as list_timm_backbones
-from app.services.jobs import job_kinds, option_names
+from app.services.job_kinds import list_job_kinds
 
 router = APIRouter(
     prefix="/v1",
@@ -20,10 +20,13 @@ router = APIRouter(
 
 class StrategyOut(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"name": "finetune", "options": ["freeze_stages"]}]}
+        json_schema_extra={
+            "examples": [{"name": "finetune", "kind": "train", "options": ["freeze_stages"]}]
+        }
     )
 
     name: str
+    kind: str = Field(description="the kind of job this strategy makes: train, extract_features")
     options: list[str]
 
 
@@ -42,7 +45,11 @@ class BackbonesOut(BaseModel):
     summary="Transfer strategies (and extract_features, the feature-extraction job)",
 )
 def list_strategies() -> list[StrategyOut]:
-    return [StrategyOut(name=n, options=option_names(n)) for n in job_kinds()]
+    return [
+        StrategyOut(name=name, kind=kind.name, options=kind.options(name))
+        for kind in list_job_kinds()
+        for name in kind.strategies()
+    ]
 
 
 @router.get(

@@ -23,6 +23,7 @@ from app.db.models import Job
 from app.db.repositories import jobs as repo
 from app.db.repositories import models as models_repo
 from app.services import jobs as service
+from app.services.job_kinds import kind_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
     return JobOut(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
+        kind=kind.name if (kind := kind_of(job.strategy)) else "unknown",
         strategy=job.strategy,
         base_model=job.base_model,
         dataset_id=job.dataset_id,

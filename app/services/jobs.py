@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from app.errors import Conflict, InvalidInput, NotFound, ServiceError
 from app.jobspec import parse_base_model
 from app.naming import slugify
 from app.services.datasets import get_dataset
+from app.services.job_kinds import kind_of, list_job_kinds
 
 
 class JobNotFound(NotFound):
@@ -43,18 +43,14 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
-FEATURES_OPTION = re.compile(r"pre_logits|stage:[0-9]{1,3}")
-
-
 def job_kinds() -> list[str]:
-    """Training strategies, and the feature-extraction job."""
-    return [*engine.list_strategies(), engine.FEATURE_JOB]
+    """Every `strategy` a job may name: the training strategies, and extract_features."""
+    return [name for kind in list_job_kinds() for name in kind.strategies()]
 
 
-def option_names(kind: str) -> list[str]:
-    if kind == engine.FEATURE_JOB:
-        return list(engine.FEATURE_JOB_OPTIONS)
-    return engine.strategy_option_names(kind)
+def option_names(strategy: str) -> list[str]:
+    kind = kind_of(strategy)
+    return kind.options(strategy) if kind else []
 
 
 def validate_strategy(name: str, options: dict[str, Any]) -> None:
@@ -73,13 +69,6 @@ def validate_strategy(name: str, options: dict[str, Any]) -> None:
             f"{', '.join(allowed) or '(none)'}",
             code="unknown_option",
             details={"field": "options", "choices": allowed},
-        )
-    features = options.get("features")
-    if features is not None and not FEATURES_OPTION.fullmatch(str(features)):
-        raise InvalidInput(
-            f"options.features must be 'pre_logits' or 'stage:<i>' (got {features!r})",
-            code="invalid_option",
-            details={"field": "options.features"},
         )
 
 
@@ -137,10 +126,10 @@ def check_spec(spec: dict[str, Any]) -> None:
                 code="invalid_option",
                 details={"field": "hyperparameters.batch_size"},
             )
-    if spec["strategy"] == engine.FEATURE_JOB:
-        return
+    kind = kind_of(spec["strategy"])
+    assert kind is not None  # validate_strategy ran
     try:
-        engine.check_job(spec["strategy"], spec.get("options") or {}, hparams)
+        kind.check(spec["strategy"], spec.get("options") or {}, hparams)
     except engine.EngineError as exc:
         raise InvalidInput(str(exc), code="invalid_option", details={"field": "options"}) from None
 
@@ -154,7 +143,8 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
     # The model name is fixed now, a slug: datasets uploaded before names were validated may
     # have names that are not.
     spec = {**spec, "name": spec.get("name") or slugify(dataset.name)}
-    hp = spec["hyperparameters"]
+    kind = kind_of(spec["strategy"])
+    assert kind is not None
     return repo.add(
         session,
         Job(
@@ -163,8 +153,7 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
             base_model=spec["base_model"],
             dataset_id=dataset.id,
             spec=spec,
-            # A feature-extraction job is one pass, whatever `epochs` says.
-            total_epochs=1 if spec["strategy"] == engine.FEATURE_JOB else hp["epochs"],
+            total_epochs=kind.total_epochs(engine.Hyperparameters(**spec["hyperparameters"])),
         ),
     )
 

@@ -170,3 +170,10 @@ def test_predict_errors(client, settings, db, dataset_id):
 
     r = client.post(f"/v1/models/{model_id}/predict")
     assert r.status_code == 422 and error_code(r) == "validation_error"
+
+
+def test_every_job_kind_has_a_runner_and_every_runner_a_kind():
+    from app.services.job_kinds import list_job_kinds
+    from worker.runner import RUNNERS
+
+    assert set(RUNNERS) == {kind.name for kind in list_job_kinds()} == {"train", "extract_features"}

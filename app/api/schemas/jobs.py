@@ -22,6 +22,7 @@ class Progress(BaseModel):
 JOB_EXAMPLE: dict[str, Any] = {
     "id": "5d0e6c1a-8f0b-4d3e-9a4c-1b2c3d4e5f60",
     "status": "running",
+    "kind": "train",
     "strategy": "finetune",
     "base_model": "timm:resnet18",
     "dataset_id": "3f8e4a52-3c1f-4f7b-9a53-2f0e2b7c9d11",
@@ -55,6 +56,9 @@ class JobOut(ORMModel):
 
     id: uuid.UUID
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    kind: str = Field(
+        "train", description="train (a transfer strategy; makes a model) or extract_features"
+    )
     strategy: str
     base_model: str
     dataset_id: uuid.UUID | None
