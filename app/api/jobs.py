@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, JSONResponse
@@ -17,13 +15,12 @@ from app.api.deps import (
     ValidJob,
 )
 from app.api.idempotent import IdempotentCreate
-from app.api.schemas.common import MAX_OFFSET, Page, as_utc, error_responses
-from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut, Progress
+from app.api.schemas.common import MAX_OFFSET, Page, error_responses
+from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut
 from app.db.models import Job
 from app.db.repositories import jobs as repo
 from app.db.repositories import models as models_repo
 from app.services import jobs as service
-from app.services.job_kinds import kind_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -33,47 +30,8 @@ JobStatusQuery = Query(
 )
 
 
-def to_out(job: Job, model_id: uuid.UUID | None) -> JobOut:
-    steps = max(job.total_steps, 1)
-    done_epochs = max(job.epoch - 1, 0) + (job.step / steps if job.epoch else 0)
-    fraction = min(done_epochs / job.total_epochs, 1.0) if job.total_epochs else 0.0
-    if job.status == "succeeded":
-        fraction = 1.0
-    end = job.finished_at or (datetime.now(timezone.utc) if job.started_at else None)
-    duration = None
-    if job.started_at and end:
-        duration = (as_utc(end) - as_utc(job.started_at)).total_seconds()
-    return JobOut(
-        id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        kind=kind.name if (kind := kind_of(job.strategy)) else "unknown",
-        strategy=job.strategy,
-        base_model=job.base_model,
-        dataset_id=job.dataset_id,
-        spec=job.spec,
-        progress=Progress(
-            epoch=job.epoch,
-            total_epochs=job.total_epochs,
-            step=job.step,
-            total_steps=job.total_steps,
-            fraction=round(fraction, 4),
-        ),
-        latest_metrics=job.latest_metrics,
-        error=job.error,
-        error_code=job.error_code,
-        cancel_requested=job.cancel_requested,
-        attempts=job.attempts,
-        restart_reason=job.restart_reason,
-        model_id=model_id,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        duration_seconds=duration,
-    )
-
-
 def job_out(job: Job, session: SessionDep) -> JobOut:
-    return to_out(job, models_repo.ids_by_job(session, [job.id]).get(job.id))
+    return JobOut.from_job(job, models_repo.ids_by_job(session, [job.id]).get(job.id))
 
 
 @router.post(
@@ -142,7 +100,7 @@ def list_jobs(
 ) -> Page[JobOut]:
     rows, total = repo.list_(session, status=status, limit=limit, offset=offset)
     model_ids = models_repo.ids_by_job(session, [j.id for j in rows])
-    items = [to_out(j, model_ids.get(j.id)) for j in rows]
+    items = [JobOut.from_job(j, model_ids.get(j.id)) for j in rows]
     return Page[JobOut](items=items, total=total, limit=limit, offset=offset)
 
 

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.schemas.common import ORMModel, UTCDateTime
+from app.api.schemas.common import ORMModel, UTCDateTime, as_utc
+from app.db.models import Job
 from app.jobspec import JOB_CREATE_EXAMPLE, Hyperparameters, JobCreate
+from app.services.job_kinds import kind_of
 
 __all__ = ["Hyperparameters", "JobCreate"]  # defined in app.jobspec, shared with the worker
 
@@ -84,6 +87,46 @@ class JobOut(ORMModel):
     started_at: UTCDateTime | None
     finished_at: UTCDateTime | None
     duration_seconds: float | None = Field(None, description="running time so far or in total")
+
+    @classmethod
+    def from_job(cls, job: Job, model_id: uuid.UUID | None) -> JobOut:
+        """The view of a job row: progress as a fraction of the whole job, the running time."""
+        steps = max(job.total_steps, 1)
+        done_epochs = max(job.epoch - 1, 0) + (job.step / steps if job.epoch else 0)
+        fraction = min(done_epochs / job.total_epochs, 1.0) if job.total_epochs else 0.0
+        if job.status == "succeeded":
+            fraction = 1.0
+        end = job.finished_at or (datetime.now(timezone.utc) if job.started_at else None)
+        duration = None
+        if job.started_at and end:
+            duration = (as_utc(end) - as_utc(job.started_at)).total_seconds()
+        return cls(
+            id=job.id,
+            status=job.status,  # type: ignore[arg-type]
+            kind=kind.name if (kind := kind_of(job.strategy)) else "unknown",
+            strategy=job.strategy,
+            base_model=job.base_model,
+            dataset_id=job.dataset_id,
+            spec=job.spec,
+            progress=Progress(
+                epoch=job.epoch,
+                total_epochs=job.total_epochs,
+                step=job.step,
+                total_steps=job.total_steps,
+                fraction=round(fraction, 4),
+            ),
+            latest_metrics=job.latest_metrics,
+            error=job.error,
+            error_code=job.error_code,
+            cancel_requested=job.cancel_requested,
+            attempts=job.attempts,
+            restart_reason=job.restart_reason,
+            model_id=model_id,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            duration_seconds=duration,
+        )
 
 
 class EpochMetricsOut(ORMModel):
