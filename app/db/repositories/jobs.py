@@ -72,8 +72,9 @@ def stale(session: Session, older_than: datetime) -> Sequence[Job]:
     ).all()
 
 
-def requeue(session: Session, job: Job, older_than: datetime, reason: str) -> bool:
-    """running (still stale, still the same attempt) -> queued, with the reason."""
+def _stale_transition(session: Session, job: Job, older_than: datetime, **values: Any) -> bool:
+    """Move a stale running job, only if it is still running, stale and on the same attempt:
+    several workers reaping at once act on it once."""
     result = session.execute(
         update(Job)
         .where(
@@ -82,11 +83,23 @@ def requeue(session: Session, job: Job, older_than: datetime, reason: str) -> bo
             Job.attempts == job.attempts,
             Job.heartbeat_at < older_than,
         )
-        .values(status=JobStatus.queued.value, restart_reason=reason, cancel_requested=False)
+        .values(**values)
         # No in-Python evaluation of the WHERE on loaded rows (SQLite gives naive datetimes).
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def requeue(session: Session, job: Job, older_than: datetime, reason: str) -> bool:
+    """running (still stale, still the same attempt) -> queued, with the reason."""
+    return _stale_transition(
+        session,
+        job,
+        older_than,
+        status=JobStatus.queued.value,
+        restart_reason=reason,
+        cancel_requested=False,
+    )
 
 
 def delete_metrics_after(session: Session, job_id: uuid.UUID, epoch: int) -> None:
@@ -98,23 +111,15 @@ def fail_stale(
     session: Session, job: Job, older_than: datetime, message: str, *, error_code: str
 ) -> bool:
     """running (still stale, still the same attempt) -> failed, with ``message``."""
-    result = session.execute(
-        update(Job)
-        .where(
-            Job.id == job.id,
-            Job.status == JobStatus.running.value,
-            Job.attempts == job.attempts,
-            Job.heartbeat_at < older_than,
-        )
-        .values(
-            status=JobStatus.failed.value,
-            error=message,
-            error_code=error_code,
-            finished_at=utcnow(),
-        )
-        .execution_options(synchronize_session=False)
+    return _stale_transition(
+        session,
+        job,
+        older_than,
+        status=JobStatus.failed.value,
+        error=message,
+        error_code=error_code,
+        finished_at=utcnow(),
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def finish(
