@@ -78,7 +78,12 @@ class Settings(BaseSettings):
 
     # Worker and serving.
     device: str = "auto"
-    loader_workers: int = 2
+    loader_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="DataLoader worker processes per job; default: 2 on CPU (the cores train), "
+        "and on a GPU one per core but one (bench/gpu_check.py: decoding bounds GPU jobs)",
+    )
     torch_threads: int | None = Field(
         default=None,
         ge=1,

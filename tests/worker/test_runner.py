@@ -177,3 +177,11 @@ def test_every_job_kind_has_a_runner_and_every_runner_a_kind():
     from worker.runner import RUNNERS
 
     assert set(RUNNERS) == {kind.name for kind in list_job_kinds()} == {"train", "extract_features"}
+
+
+def test_loader_workers_default_by_device(settings):
+    from worker.runner import loader_workers
+
+    assert loader_workers(settings.model_copy(update={"loader_workers": None})) == 2  # CPU here
+    assert loader_workers(settings.model_copy(update={"loader_workers": 0})) == 0
+    assert loader_workers(settings.model_copy(update={"loader_workers": 7})) == 7
