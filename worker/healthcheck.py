@@ -33,7 +33,7 @@ def check(path: Path, max_age_s: float, now: float | None = None) -> tuple[bool,
     if age > max_age_s:
         return False, (
             f"{path} is {age:.0f} s old (limit {max_age_s:.0f} s): the worker cannot reach the "
-            "broker, or its process is stuck"
+            "broker, or its whole process is frozen (a hung training step alone keeps beating)"
         )
     return True, f"ok: last beat {age:.0f} s ago"
 

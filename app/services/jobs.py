@@ -106,8 +106,9 @@ def validate_base_model(session: Session, base_model: str) -> uuid.UUID | None:
     )
 
 
-def check_spec(spec: dict[str, Any]) -> None:
-    """Option values and their fit with the hyperparameters, as the engine will see them."""
+def check_spec(spec: dict[str, Any]) -> engine.Hyperparameters:
+    """Option values and their fit with the hyperparameters, as the engine will see them;
+    returns the engine's hyperparameters."""
     hp = spec["hyperparameters"]
     try:
         hparams = engine.Hyperparameters(**hp)
@@ -132,6 +133,7 @@ def check_spec(spec: dict[str, Any]) -> None:
         kind.check(spec["strategy"], spec.get("options") or {}, hparams)
     except engine.EngineError as exc:
         raise InvalidInput(str(exc), code="invalid_option", details={"field": "options"}) from None
+    return hparams
 
 
 def create_job(session: Session, spec: dict[str, Any]) -> Job:
@@ -139,7 +141,7 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
     dataset = get_dataset(session, uuid.UUID(str(spec["dataset_id"])))
     validate_strategy(spec["strategy"], spec.get("options") or {})
     validate_base_model(session, spec["base_model"])
-    check_spec(spec)
+    hparams = check_spec(spec)
     # The model name is fixed now, a slug: datasets uploaded before names were validated may
     # have names that are not.
     spec = {**spec, "name": spec.get("name") or slugify(dataset.name)}
@@ -153,7 +155,7 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
             base_model=spec["base_model"],
             dataset_id=dataset.id,
             spec=spec,
-            total_epochs=kind.total_epochs(engine.Hyperparameters(**spec["hyperparameters"])),
+            total_epochs=kind.total_epochs(hparams),
         ),
     )
 
