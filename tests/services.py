@@ -7,6 +7,7 @@ fails the tests; on a laptop without them the tests are skipped with the reason.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 from collections.abc import Callable, Iterator
 
@@ -47,11 +48,26 @@ def postgres_url() -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     import redis
 
-    # A random logical database so parallel sessions on one Redis do not share a queue.
-    url = f"{REDIS_HOST_URL}/{secrets.randbelow(14) + 1}"
-    client = redis.Redis.from_url(url, socket_timeout=3)
-    require("Redis", client.ping)
-    client.flushdb()
-    yield url
+    # A logical database of our own, claimed with SET NX, so that several test sessions on one
+    # Redis (parallel checkouts, CI jobs) never share a queue or flush each other's. A random
+    # number alone collided about one time in three with four sessions.
+    token = secrets.token_hex(8)
+    host = redis.Redis.from_url(f"{REDIS_HOST_URL}/0", socket_timeout=3)
+    require("Redis", host.ping)
+    host.close()
+    for db in random.sample(range(1, 16), 15):
+        client = redis.Redis.from_url(f"{REDIS_HOST_URL}/{db}", socket_timeout=3)
+        if client.set(_CLAIM_KEY, token, nx=True, ex=6 * 3600):
+            break
+        client.close()
+    else:
+        pytest.fail("every Redis logical database 1-15 is claimed by another test session")
+    for key in client.scan_iter():
+        if key != _CLAIM_KEY.encode():
+            client.delete(key)
+    yield f"{REDIS_HOST_URL}/{db}"
     client.flushdb()
     client.close()
+
+
+_CLAIM_KEY = "transferlab-test-session"
