@@ -1,9 +1,9 @@
 """The job spec: what a client submits, validated once, and what the worker reads back.
 
 One definition for the API (the request body of POST /v1/jobs) and the worker (which parses the
-stored spec into these same types instead of reading dicts with restated defaults). The engine's
-own ``Hyperparameters`` dataclass mirrors the fields (tests/api/test_hyperparameters_schema.py):
-the engine stays a library without pydantic.
+stored spec into these same types instead of reading dicts with restated defaults). The
+hyperparameters are the engine's own model, ``app.engine.Hyperparameters``: the API, the worker
+and the engine read one definition of their fields, defaults and bounds.
 """
 
 from __future__ import annotations
@@ -11,70 +11,12 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.engine.specs import Hyperparameters
 from app.naming import SLUG_PATTERN
-
-
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    learning_rate: float = Field(1e-3, gt=0, le=10)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
-    image_size: int | None = Field(
-        None, ge=16, le=1024, description="square input size; default: the backbone's own"
-    )
-    val_fraction: float = Field(
-        0.2, gt=0, lt=1, description="held out for validation when the dataset has no val/ split"
-    )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    early_stopping_patience: int | None = Field(
-        None,
-        ge=1,
-        le=1000,
-        description="stop after this many epochs without improvement and keep the best epoch",
-    )
-    early_stopping_metric: Literal["val_loss", "val_accuracy"] = "val_loss"
-    class_weighting: Literal["none", "balanced"] = Field(
-        "none", description="balanced: loss weights n / (classes * n_class)"
-    )
-    sampler: Literal["shuffle", "balanced"] = Field(
-        "shuffle", description="balanced: every class drawn equally often (with replacement)"
-    )
-    augmentation: Literal["auto", "default", "none", "light", "strong"] = Field(
-        "auto",
-        description="auto: timm's train transform for images and inputs of 128 px or more, "
-        "else light (the job's model metrics say which); default: timm's train transform; "
-        "none: eval transform; light: 60-100% random crop, no flips; strong: RandAugment. "
-        "Not used where features are cached",
-    )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["constant", "cosine", "step"] = Field(
-        "constant", description="per-epoch learning-rate schedule after warmup_epochs"
-    )
-    warmup_epochs: int = Field(0, ge=0, le=999, description="linear warm-up; < epochs")
-    step_size: int = Field(10, ge=1, le=1000, description="scheduler 'step': epochs per decay")
-    gamma: float = Field(0.1, gt=0, le=1, description="scheduler 'step': decay factor")
-    grad_clip_norm: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm")
-    amp: bool = Field(True, description="bfloat16 autocast on CUDA GPUs that support it")
-    keep_best: bool = Field(
-        True,
-        description="return the epoch with the best early_stopping_metric on the validation "
-        "split, not the last (also without early_stopping_patience)",
-    )
-
-    @model_validator(mode="after")
-    def _warmup_within_epochs(self) -> Hyperparameters:
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError("warmup_epochs must be less than epochs")
-        return self
-
 
 JOB_CREATE_EXAMPLE: dict[str, Any] = {
     "strategy": "finetune",

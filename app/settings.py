@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = Field(
         default=5.0, gt=0, description="how often a worker writes its running job's heartbeat"
     )
+    checkpoint_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="inside an epoch, a running job also saves its training state once this many "
+        "seconds have passed since its last save (epoch ends always save): the most work a dead "
+        "worker can lose. A save of resnet18's state (171 MiB with AdamW moments and the best "
+        "epoch) took 0.8-1.6 s on 2 CPU cores, resnet50's (359 MiB) 2.0-2.9 s: under 1% of 300 s",
+    )
     max_job_attempts: int = Field(
         default=3, ge=1, description="a job whose worker died this many times is failed"
     )

@@ -28,7 +28,6 @@ from app.db.session import Database
 from app.engine import (
     DatasetSplits,
     EngineError,
-    Hyperparameters,
     ModelSource,
     TrainingCancelled,
     TrainResult,
@@ -109,13 +108,16 @@ def _run_claimed(
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     strategy = "unknown"
-    checkpoints = Checkpointer(settings.layout.checkpoint_dir(job_id))
+    checkpoints = Checkpointer(settings.artifacts.path(settings.artifacts.checkpoint_key(job_id)))
     if attempt > 1:
         # The epochs after the last saved state are trained again and recorded anew.
-        resumed_from = checkpoints.latest_epoch()
+        epoch, step = checkpoints.latest_position()
         with db.session_scope() as session:
-            jobs_repo.delete_metrics_after(session, job_id, resumed_from)
-        log.warning("job %s: attempt %d resumes after epoch %d", job_id, attempt, resumed_from)
+            jobs_repo.delete_metrics_after(session, job_id, epoch)
+        log.warning(
+            "job %s: attempt %d resumes after epoch %d and %d steps of the next",
+            job_id, attempt, epoch, step,
+        )  # fmt: skip
     finish = partial(_finish, db, job_id, attempt=attempt)
     fail = partial(_fail, db, job_id, attempt=attempt)
     try:
@@ -180,12 +182,13 @@ def _train(run: JobRun) -> None:
         source=run.source,
         strategy=run.spec.strategy,
         data=run.data,
-        hparams=Hyperparameters(**run.spec.hyperparameters.model_dump()),
+        hparams=run.spec.hyperparameters,
         strategy_options=run.spec.options,
         callbacks=[run.progress],
         device=run.settings.device,
         num_workers=loader_workers(run.settings),
         checkpoint_dir=run.checkpoint_dir,
+        checkpoint_interval_s=run.settings.checkpoint_interval_s,
     )
     _register_model(run.db, run.settings, run.job_id, run.spec, run.dataset, run.parent_id, result)
 

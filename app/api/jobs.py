@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -23,7 +21,6 @@ from app.db.repositories import models as models_repo
 from app.services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-log = logging.getLogger(__name__)
 
 JobStatusQuery = Query(
     None, pattern="^(queued|running|succeeded|failed|cancelled)$", description="filter by status"
@@ -68,20 +65,7 @@ def create_job(
     out = job_out(job, session)
     if lost_race := idem.remember(status.HTTP_202_ACCEPTED, out):
         return lost_race
-    # Commit before enqueueing: a worker that picks the id up at once must find the row.
-    session.commit()
-    try:
-        queue.enqueue_job(job.id)
-    except Exception as exc:
-        log.exception("enqueue failed for job %s", job.id)
-        service.mark_enqueue_failed(session, job, exc)
-        idem.forget()  # a retry with this key submits anew
-        session.commit()
-        raise service.BrokerUnavailable(
-            "the job was stored but the broker could not be reached, so it was marked failed; "
-            "check TRANSFERLAB_BROKER_URL and GET /readyz, then submit again",
-            details={"job_id": str(job.id)},
-        ) from exc
+    service.commit_and_enqueue(session, queue, job, on_failure=idem.forget)
     return out
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    WeightedRandomSampler,
+)
 from torchvision import transforms
 
 from app.engine.errors import EngineError
@@ -231,6 +238,28 @@ def balanced_sample_weights(labels: Sequence[int]) -> torch.Tensor:
     return (1.0 / counts.double())[targets]
 
 
+class ResumableSampler(Sampler[int]):
+    """Wraps a sampler so that one epoch can start after its first ``skip`` indices.
+
+    A run resumed mid-epoch restores the generator as it was when the epoch began, so the
+    wrapped sampler draws the same order, and the indices already trained on are passed over
+    here, before any image is loaded."""
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        indices = iter(self.sampler)
+        for _ in itertools.islice(indices, skip):
+            pass
+        yield from indices
+
+
 def create_train_loader(
     dataset: Dataset,
     batch_size: int,
@@ -248,37 +277,32 @@ def create_train_loader(
     """
     n = len(dataset)  # type: ignore[arg-type]
     drop_last = n % batch_size == 1 and n > 1
+    # One generator draws the sampler's indices and the workers' base seed, in a fixed order, so
+    # the run repeats exactly with or without loader workers. The sampler is the one DataLoader
+    # builds for shuffle=True (or the balanced one), wrapped so a resumed epoch can skip ahead.
+    generator = torch.Generator().manual_seed(seed)
+    order: Sampler[int]
     if sampler == "balanced":
         samples = getattr(dataset, "samples", None)
         if samples is None:
             raise EngineError("A balanced sampler needs a dataset of (path, label) samples.")
-        # One generator draws the sampler's indices and the workers' base seed, in a fixed order,
-        # so the run repeats exactly with or without loader workers.
-        generator = torch.Generator().manual_seed(seed)
-        return create_loader(
-            dataset,
-            batch_size,
-            device=device,
-            num_workers=num_workers,
-            drop_last=drop_last,
-            persistent_workers=True,
-            sampler=WeightedRandomSampler(
-                balanced_sample_weights([label for _, label in samples]),  # type: ignore[arg-type]
-                num_samples=n,
-                replacement=True,
-                generator=generator,
-            ),
+        order = WeightedRandomSampler(
+            balanced_sample_weights([label for _, label in samples]),  # type: ignore[arg-type]
+            num_samples=n,
+            replacement=True,
             generator=generator,
         )
+    else:
+        order = RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]
     return create_loader(
         dataset,
         batch_size,
         device=device,
-        shuffle=True,
-        seed=seed,
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=True,
+        sampler=ResumableSampler(order),
+        generator=generator,
     )
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,60 +161,6 @@ class TrainStats:
     loss: float  # mean over samples
     images: int
     seconds: float
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    *,
-    epoch: int,
-    runtime: Runtime,
-    callbacks: CallbackList,
-    frozen: Iterable[nn.Module] = (),
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-    grad_clip_norm: float | None = None,
-    after_step: Callable[[], None] | None = None,
-) -> TrainStats:
-    """One pass over ``loader``. ``frozen`` modules run in eval mode (frozen stages and BatchNorm
-    layers keep their statistics); ``after_step`` runs after each optimizer step (a penalty's
-    proximal step)."""
-    model.train()
-    for module in frozen:
-        module.eval()
-    clip_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-    steps = len(loader)
-    loss_sum = torch.zeros((), device=runtime.device)
-    seen = 0
-    start = time.perf_counter()
-    try:
-        for step, (images, targets) in enumerate(loader, 1):
-            images, targets = runtime.to(images), runtime.to(targets)
-            with runtime.autocast():
-                loss = criterion(model(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip_norm is not None:
-                # Scales by min(1, max_norm / norm) on the device: no host sync.
-                nn.utils.clip_grad_norm_(clip_params, grad_clip_norm, foreach=True)
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            batch = targets.shape[0]
-            loss_sum.add_(loss.detach(), alpha=batch)
-            seen += batch
-            callbacks.step(epoch, step, steps)
-    except ValueError as exc:
-        if "Expected more than 1 value per channel" in str(exc):
-            raise EngineError(
-                "A training batch held a single image, which BatchNorm cannot normalise. "
-                "Use batch_size >= 2."
-            ) from exc
-        raise
-    mean_loss = loss_sum.item() / max(seen, 1)  # the epoch's one host/device sync
-    seconds = time.perf_counter() - start
-    check_finite(mean_loss, epoch)
-    return TrainStats(loss=mean_loss, images=seen, seconds=seconds)
 
 
 @dataclass(frozen=True)

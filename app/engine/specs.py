@@ -11,20 +11,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.engine.errors import EngineError
 from app.engine.heads import check_probe_architecture, is_probed
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
 SOURCE_KINDS = ("timm", "artifact")
-EARLY_STOPPING_METRICS = ("val_loss", "val_accuracy")
-CLASS_WEIGHTINGS = ("none", "balanced")
-SAMPLERS = ("shuffle", "balanced")
-AUGMENTATIONS = ("auto", "default", "none", "light", "strong")
-SCHEDULERS = ("constant", "cosine", "step")
 # A cap on batch_size x image_size^2: 2^26 pixels is a batch of 256 at 512 px or 1,365 at 224 px,
 # whose fp32 input alone is 0.8 GB and a ResNet-50's training activations some 30 times that.
 # Larger batches cannot fit a worker; refusing them at submit time beats an out-of-memory kill.
@@ -40,11 +35,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _choice(problems: list[str], name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        problems.append(f"{name} must be one of {', '.join(choices)} (got {value!r})")
-
-
 def check_batch_memory(batch_size: int, image_size: int) -> list[str]:
     """Problems with a batch too large for any worker (see MAX_BATCH_PIXELS)."""
     pixels = batch_size * image_size * image_size
@@ -58,116 +48,107 @@ def check_batch_memory(batch_size: int, image_size: int) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
-class Hyperparameters:
+def _strict_int(default: int | None, **bounds: Any) -> Any:
+    # strict: "epochs": true is a client bug, not 1 epoch, and 3.0 is not an integer.
+    return Field(default, strict=True, **bounds)
+
+
+class Hyperparameters(BaseModel):
     """Job-wide training settings; every strategy honours them (exceptions noted per field).
 
-    The API's pydantic ``Hyperparameters`` mirrors these fields, defaults and bounds; a test
-    asserts that the two agree. Defaults reproduce the engine's behaviour before each field
-    existed, except ``amp``, which was always on.
+    The one definition: the API takes this model as the ``hyperparameters`` of a job (its bounds
+    and descriptions are the OpenAPI schema's), the worker gets it back parsed from the stored
+    spec, and the engine reads it. Built in Python with a bad value it raises ``EngineError`` (a
+    message to show as is); parsed by the API, pydantic's errors become a 422.
     """
 
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (sgd uses momentum)
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    image_size: int | None = None  # None -> the backbone's default input size
-    val_fraction: float = 0.2  # used only when DatasetSplits.val is empty
-    seed: int = 0
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    epochs: int = _strict_int(10, ge=1, le=1000)
+    batch_size: int = _strict_int(32, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="sgd uses momentum")
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    image_size: int | None = _strict_int(
+        None, ge=16, le=1024, description="square input size; default: the backbone's own"
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="held out for validation when the dataset has no val/ split"
+    )
+    seed: int = _strict_int(0, ge=0, le=2**31 - 1)
     # Stop after this many epochs without improvement of early_stopping_metric and return the
     # model of the best epoch (its weights, BatchNorm statistics and evaluation). None: train all
-    # epochs and return the last one.
-    early_stopping_patience: int | None = None
-    early_stopping_metric: str = "val_loss"  # "val_loss" (lower is better) | "val_accuracy"
+    # epochs.
+    early_stopping_patience: int | None = _strict_int(
+        None,
+        ge=1,
+        le=1000,
+        description="stop after this many epochs without improvement and keep the best epoch",
+    )
+    early_stopping_metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="val_loss: lower is better; val_accuracy: higher is better"
+    )
     # "balanced": cross-entropy weights n / (classes * n_c) from the training split, as
     # scikit-learn's class_weight="balanced". train_loss is then the weighted loss; val_loss
     # stays the plain cross-entropy so that it compares across jobs.
-    class_weighting: str = "none"  # "none" | "balanced"
+    class_weighting: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights n / (classes * n_class)"
+    )
     # "balanced": each epoch draws len(train) samples with replacement, every class equally
     # likely. Seeded like shuffling.
-    sampler: str = "shuffle"  # "shuffle" | "balanced"
-    # Training transform (ignored where features are cached: linear_probe, lp_ft's probe):
-    # "default" timm's train transform, "none" the eval transform, "light" a 60-100% random
-    # resized crop without flips or colour jitter (digits, text), "strong" timm RandAugment.
-    # "auto" (the default) picks timm's ImageNet policy only where it fits: photos of at least
-    # AUTO_MIN_SIDE pixels for an input of at least that size; "light" otherwise (its
-    # RandomResizedCrop down to 8% of the area destroys small images: a 6-epoch digits finetune
-    # at 32 px reached 0.605 with it and 0.915 with "light"). TrainResult.choices says which.
-    augmentation: str = "auto"  # "auto" | "default" | "none" | "light" | "strong"
-    label_smoothing: float = 0.0
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: every class drawn equally often (with replacement)"
+    )
+    # Training transform (ignored where features are cached: linear_probe, lp_ft's probe).
+    # "auto" picks timm's ImageNet policy only where it fits: photos of at least AUTO_MIN_SIDE
+    # pixels for an input of at least that size; "light" otherwise (its RandomResizedCrop down to
+    # 8% of the area destroys small images: a 6-epoch digits finetune at 32 px reached 0.605 with
+    # it and 0.915 with "light"). TrainResult.choices says which.
+    augmentation: Literal["auto", "default", "none", "light", "strong"] = Field(
+        "auto",
+        description="auto: timm's train transform for images and inputs of 128 px or more, "
+        "else light (the job's model metrics say which); default: timm's train transform; "
+        "none: eval transform; light: 60-100% random crop, no flips; strong: RandAugment. "
+        "Not used where features are cached",
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     # The learning rate is set once per epoch (EpochMetrics.learning_rate is the one used): warm-up
     # epochs ramp linearly, lr * e / (warmup_epochs + 1) in epoch e, then "cosine" anneals towards
     # 0 over the remaining epochs (never reaching it in a trained epoch) and "step" multiplies by
     # gamma every step_size epochs. A job with two phases (lp_ft) runs the schedule in each.
-    scheduler: str = "constant"  # "constant" | "cosine" | "step"
-    warmup_epochs: int = 0
-    step_size: int = 10  # "step" only
-    gamma: float = 0.1  # "step" only
-    grad_clip_norm: float | None = None  # clip the global gradient L2 norm to this
-    # bfloat16 autocast on CUDA devices that support it (compute capability >= 8.0); False runs
-    # fp32 there. CPU runs are always fp32: CPU autocast is slower for most backbones.
-    amp: bool = True
-    # Return the epoch with the best early_stopping_metric on the validation split, not the last
-    # one, also without early_stopping_patience (which, when set, also stops the run).
-    keep_best: bool = True
+    scheduler: Literal["constant", "cosine", "step"] = Field(
+        "constant", description="per-epoch learning-rate schedule after warmup_epochs"
+    )
+    warmup_epochs: int = _strict_int(0, ge=0, le=999, description="linear warm-up; < epochs")
+    step_size: int = _strict_int(
+        10, ge=1, le=1000, description="scheduler 'step': epochs per decay"
+    )
+    gamma: float = Field(0.1, gt=0, le=1, description="scheduler 'step': decay factor")
+    grad_clip_norm: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm")
+    # CPU runs are always fp32: CPU autocast is slower for most backbones.
+    amp: bool = Field(
+        True, strict=True, description="bfloat16 autocast on CUDA GPUs that support it"
+    )
+    keep_best: bool = Field(
+        True,
+        strict=True,
+        description="return the epoch with the best early_stopping_metric on the validation "
+        "split, not the last (also without early_stopping_patience)",
+    )
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not _is_int(self.epochs) or self.epochs < 1:
-            problems.append(f"epochs must be an integer >= 1 (got {self.epochs!r})")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            problems.append(f"batch_size must be an integer >= 1 (got {self.batch_size!r})")
-        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
-            problems.append(f"learning_rate must be a number > 0 (got {self.learning_rate!r})")
-        _choice(problems, "optimizer", self.optimizer, OPTIMIZERS)
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            problems.append(f"weight_decay must be a number >= 0 (got {self.weight_decay!r})")
-        if not _is_number(self.momentum) or not 0 <= self.momentum < 1:
-            problems.append(f"momentum must be in [0, 1) (got {self.momentum!r})")
-        if self.image_size is not None and (not _is_int(self.image_size) or self.image_size < 8):
-            problems.append(f"image_size must be an integer >= 8 or null (got {self.image_size!r})")
-        elif _is_int(self.batch_size) and self.image_size is not None:
-            problems += check_batch_memory(self.batch_size, self.image_size)
-        if not _is_number(self.val_fraction) or not 0 < self.val_fraction < 1:
-            problems.append(f"val_fraction must be between 0 and 1 (got {self.val_fraction!r})")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
-            problems.append(f"seed must be an integer >= 0 (got {self.seed!r})")
-        patience = self.early_stopping_patience
-        if patience is not None and (not _is_int(patience) or patience < 1):
-            problems.append(
-                f"early_stopping_patience must be an integer >= 1 or null (got {patience!r})"
-            )
-        _choice(
-            problems, "early_stopping_metric", self.early_stopping_metric, EARLY_STOPPING_METRICS
-        )
-        _choice(problems, "class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
-        _choice(problems, "sampler", self.sampler, SAMPLERS)
-        _choice(problems, "augmentation", self.augmentation, AUGMENTATIONS)
-        if not _is_number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
-            problems.append(f"label_smoothing must be in [0, 1) (got {self.label_smoothing!r})")
-        _choice(problems, "scheduler", self.scheduler, SCHEDULERS)
-        if not _is_int(self.warmup_epochs) or self.warmup_epochs < 0:
-            problems.append(f"warmup_epochs must be an integer >= 0 (got {self.warmup_epochs!r})")
-        elif _is_int(self.epochs) and self.warmup_epochs >= self.epochs:
-            problems.append(
+    @model_validator(mode="after")
+    def _consistent(self) -> Hyperparameters:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
                 f"warmup_epochs must be less than epochs (got {self.warmup_epochs} of "
-                f"{self.epochs!r}): the learning rate would never reach its value"
+                f"{self.epochs}): the learning rate would never reach its value"
             )
-        if not _is_int(self.step_size) or self.step_size < 1:
-            problems.append(f"step_size must be an integer >= 1 (got {self.step_size!r})")
-        if not _is_number(self.gamma) or not 0 < self.gamma <= 1:
-            problems.append(f"gamma must be in (0, 1] (got {self.gamma!r})")
-        clip = self.grad_clip_norm
-        if clip is not None and (not _is_number(clip) or clip <= 0):
-            problems.append(f"grad_clip_norm must be a number > 0 or null (got {clip!r})")
-        if not isinstance(self.amp, bool):
-            problems.append(f"amp must be true or false (got {self.amp!r})")
-        if not isinstance(self.keep_best, bool):
-            problems.append(f"keep_best must be true or false (got {self.keep_best!r})")
-        if problems:
-            raise EngineError("Invalid hyperparameters: " + "; ".join(problems) + ".")
+        if self.image_size is not None and (problems := check_batch_memory(
+            self.batch_size, self.image_size
+        )):  # fmt: skip
+            raise ValueError("; ".join(problems))
+        return self
 
 
 @dataclass(frozen=True)

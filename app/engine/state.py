@@ -1,15 +1,20 @@
 """Savable training state: what a resumed run needs to continue exactly where one stopped.
 
-One ``TrainState`` per finished epoch, written by a ``Checkpointer`` into its folder as
-``epoch-NNNN/`` holding ``state.safetensors`` (the model, the optimizer's tensors, the best epoch's
-weights, torch and loader RNG states) and ``state.json`` (the history, optimizer hyperparameters,
-early stopping, Python and NumPy RNG states). No pickle anywhere. A folder is written as
-``epoch-NNNN.partial`` and renamed when complete, so ``latest()`` only ever sees whole states; older
-epochs are removed once a newer one is in place.
+A ``TrainState`` at every finished epoch and, inside long epochs, every few minutes (the trainer
+decides when: ``app.engine.trainer``), written by a ``Checkpointer`` into its folder as
+``epoch-NNNN/`` (after epoch NNNN) or ``epoch-NNNN-SSSSSSS/`` (after SSSSSSS steps of the next
+epoch; names sort in training order). It holds ``state.safetensors`` (the weights of every module
+trained, the optimizer's tensors, the best epoch's weights, torch and loader RNG states, a partial
+epoch's loss) and ``state.json`` (the history, optimizer hyperparameters, early stopping, Python
+and NumPy RNG states). No pickle anywhere. A folder is written as ``<name>.partial`` and renamed
+when complete, so ``latest()`` only ever sees whole states; older ones are removed once a newer
+one is in place.
 
 What is deliberately not saved: the penalty anchors (l2sp/l1sp pull towards the source weights,
 which the resumed run rebuilds exactly: the same seed, the same immutable source) and anything that
-follows from the epoch number (freezing, the learning rate).
+follows from the epoch number (freezing, the learning rate, so there is no scheduler state). There
+is no AMP loss scaler to save either: mixed precision is bf16, which needs none
+(``app.engine.loop.Runtime``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class TrainState:
     phase: str  # the phase that wrote it ("train", "finetune")
     epoch: int  # the last finished epoch, 1-based over the whole job
     history: list[EpochMetrics]
+    # Steps done of epoch + 1 (0: none). Such a state also holds the epoch's partial loss and
+    # the order generator as the epoch began (``epoch.*`` tensors, ``epoch_progress``).
+    step: int = 0
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -129,7 +137,8 @@ class Checkpointer:
 
     def save(self, state: TrainState) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"{_PREFIX}{state.epoch:04d}"
+        name = f"{_PREFIX}{state.epoch:04d}" + (f"-{state.step:07d}" if state.step else "")
+        final = self.folder / name
         partial = final.with_name(final.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -139,6 +148,7 @@ class Checkpointer:
         meta = {
             "phase": state.phase,
             "epoch": state.epoch,
+            "step": state.step,
             "history": [asdict(m) for m in state.history],
             **state.meta,
         }
@@ -155,10 +165,14 @@ class Checkpointer:
             p for p in self.folder.glob(f"{_PREFIX}*") if p.is_dir() and p.suffix != ".partial"
         )
 
-    def latest_epoch(self) -> int:
-        """The epoch of the latest complete state; 0 when there is none."""
+    def latest_position(self) -> tuple[int, int]:
+        """(epoch, step) of the latest complete state: after ``step`` steps of the epoch that
+        follows ``epoch``; (0, 0) when there is none."""
         done = self._complete()
-        return int(done[-1].name[len(_PREFIX) :]) if done else 0
+        if not done:
+            return 0, 0
+        epoch, _, step = done[-1].name[len(_PREFIX) :].partition("-")
+        return int(epoch), int(step or 0)
 
     def latest(self) -> TrainState | None:
         done = self._complete()
@@ -169,6 +183,7 @@ class Checkpointer:
         return TrainState(
             phase=meta.pop("phase"),
             epoch=int(meta.pop("epoch")),
+            step=int(meta.pop("step", 0)),
             history=[EpochMetrics(**m) for m in meta.pop("history")],
             tensors=load_file(str(folder / "state.safetensors")),
             meta=meta,

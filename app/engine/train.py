@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,11 +58,14 @@ def run_training(
     device: str = "auto",
     num_workers: int = 0,
     checkpoint_dir: Path | None = None,
+    checkpoint_interval_s: float | None = None,
 ) -> TrainResult:
     """Train a classifier for ``data.class_names`` and return it on CPU in eval mode.
 
     With ``checkpoint_dir``, the training state is saved there after every epoch of an
-    image-training phase (finetune, l2sp, l1sp, lp_ft's second phase), and a run that finds a
+    image-training phase (finetune, l2sp, l1sp, lp_ft's second phase) and, with
+    ``checkpoint_interval_s``, also inside an epoch once that many seconds have passed since the
+    last save; a run that finds a
     state there continues from it: on CPU with loader workers 0 the per-epoch metrics are those
     of an uninterrupted run (with loader workers, the workers' augmentation streams restart). A
     linear_probe job saves nothing: it repeats its deterministic feature pass, the bulk of its
@@ -86,7 +88,7 @@ def run_training(
     model, arch_name, base_cfg = build_model(source, num_classes)
     preprocessing = resolve_preprocessing(base_cfg, hparams.image_size)
     augmentation = resolve_augmentation(hparams.augmentation, train, preprocessing["input_size"])
-    hparams = dataclasses.replace(hparams, augmentation=augmentation)
+    hparams = hparams.model_copy(update={"augmentation": augmentation})
     set_input_size(model, base_cfg["input_size"], preprocessing["input_size"])
     if runtime.device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest kernels once (not bitwise reproducible
@@ -107,6 +109,7 @@ def run_training(
         num_workers=num_workers,
         checkpointer=checkpointer,
         resume=checkpointer.latest() if checkpointer is not None else None,
+        checkpoint_interval_s=checkpoint_interval_s,
         choices={"augmentation": augmentation},
     )
     start = time.perf_counter()

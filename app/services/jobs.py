@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -17,6 +19,11 @@ from app.jobspec import parse_base_model
 from app.naming import slugify
 from app.services.datasets import get_dataset
 from app.services.job_kinds import kind_of, list_job_kinds
+
+if TYPE_CHECKING:
+    from app.queue import JobQueue
+
+log = logging.getLogger(__name__)
 
 
 class JobNotFound(NotFound):
@@ -188,9 +195,29 @@ def features_bundle(job: Job, features_dir: Path) -> Path:
     return bundle
 
 
-def mark_enqueue_failed(session: Session, job: Job, cause: Exception) -> None:
-    job.status = JobStatus.failed.value
-    job.error = f"could not reach the job broker ({type(cause).__name__}); submit the job again"
-    job.error_code = "broker_unavailable"
-    job.finished_at = utcnow()
-    session.flush()
+def commit_and_enqueue(
+    session: Session, queue: JobQueue, job: Job, *, on_failure: Callable[[], None]
+) -> None:
+    """Commit the new job, then hand its id to the broker.
+
+    The one service that commits, because the order is the point: a worker that picks the id up
+    at once must find the row. When the broker cannot be reached the job is marked failed (the
+    row is already committed), ``on_failure`` runs (the caller forgets its Idempotency-Key, so a
+    retry submits anew), that is committed too, and ``BrokerUnavailable`` says what to do.
+    """
+    session.commit()
+    try:
+        queue.enqueue_job(job.id)
+    except Exception as exc:
+        log.exception("enqueue failed for job %s", job.id)
+        job.status = JobStatus.failed.value
+        job.error = f"could not reach the job broker ({type(exc).__name__}); submit the job again"
+        job.error_code = "broker_unavailable"
+        job.finished_at = utcnow()
+        on_failure()
+        session.commit()
+        raise BrokerUnavailable(
+            "the job was stored but the broker could not be reached, so it was marked failed; "
+            "check TRANSFERLAB_BROKER_URL and GET /readyz, then submit again",
+            details={"job_id": str(job.id)},
+        ) from exc

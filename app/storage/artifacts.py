@@ -18,6 +18,12 @@ class ArtifactStore:
     def model_key(model_id: uuid.UUID | str) -> str:
         return f"models/{model_id}"
 
+    @staticmethod
+    def checkpoint_key(job_id: uuid.UUID | str) -> str:
+        """A running job's training state (app.engine.state), kept until the job ends. Workers
+        on other hosts resume from it, so it lives where the models do."""
+        return f"checkpoints/{job_id}"
+
     def path(self, key: str) -> Path:
         """The local folder of ``key``. Keys are made here, from ids; anything else is refused."""
         parts = PurePosixPath(key).parts

@@ -51,14 +51,6 @@ class DataLayout:
     def model_dir(self, model_id: uuid.UUID | str) -> Path:
         return self.models / str(model_id)
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    def checkpoint_dir(self, job_id: uuid.UUID | str) -> Path:
-        """A running job's training state, kept until the job ends (see app.engine.state)."""
-        return self.checkpoints / str(job_id)
-
     def features_dir(self, job_id: uuid.UUID | str) -> Path:
         return self.features / str(job_id)
 

@@ -31,9 +31,13 @@ def metrics(c, job_id: str) -> list[list]:
     return [[m[k] for k in KEYS] for m in c.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]]
 
 
-def wait_for_epoch(c, job_id: str, epoch: int, service: Service) -> None:
+def wait_for_epoch(c, job_id: str, epoch: int, service: Service, step: int = 0) -> None:
+    """Until the job's progress reaches ``step`` of ``epoch``."""
     deadline = time.monotonic() + 120
-    while c.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] < epoch:
+    while True:
+        progress = c.get(f"/v1/jobs/{job_id}").json()["progress"]
+        if (progress["epoch"], progress["step"]) >= (epoch, step):
+            return
         assert time.monotonic() < deadline, service.log_text()
         time.sleep(0.05)
 
@@ -84,8 +88,11 @@ def test_a_killed_workers_job_resumes_on_postgres_redis_celery(
 
 def test_a_killed_serve_resumes_its_job_when_started_again(tmp_path, digits_zip):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
+    # A state after every step (interval 0) and fine-grained progress: the kill lands inside
+    # epoch 4, and the job resumes from the middle of it.
     env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0",
-            "TRANSFERLAB_TORCH_THREADS": "1", **FAST_RECOVERY}  # fmt: skip
+            "TRANSFERLAB_TORCH_THREADS": "1", "TRANSFERLAB_CHECKPOINT_INTERVAL_S": "0",
+            "TRANSFERLAB_PROGRESS_INTERVAL_S": "0", **FAST_RECOVERY}  # fmt: skip
     logs = tmp_path / "logs"
     logs.mkdir()
 
@@ -112,7 +119,7 @@ def test_a_killed_serve_resumes_its_job_when_started_again(tmp_path, digits_zip)
             whole = wait_for_job(c, c.post("/v1/jobs", json=spec(dataset["id"])).json()["id"])
             assert whole["status"] == "succeeded", first.log_text()
             job_id = c.post("/v1/jobs", json=spec(dataset["id"])).json()["id"]
-            wait_for_epoch(c, job_id, 4, first)
+            wait_for_epoch(c, job_id, 4, first, step=3)
         os.kill(first.processes[0].pid, signal.SIGKILL)  # its worker dies with it
         first.processes[0].wait()
     finally:
@@ -126,5 +133,9 @@ def test_a_killed_serve_resumes_its_job_when_started_again(tmp_path, digits_zip)
             assert job["status"] == "succeeded", second.log_text()
             assert job["attempts"] == 2
             assert metrics(c, job_id) == metrics(c, whole["id"])
+        log = (logs / "serve2.log").read_text()
+        resumed = re.search(r"resumes after epoch (\d+) and (\d+) steps", log)
+        assert resumed is not None, second.log_text()
+        assert int(resumed.group(1)) >= 3 and int(resumed.group(2)) >= 1  # inside an epoch
     finally:
         second.stop()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from app.engine import (
     DatasetSplits,
@@ -184,7 +185,7 @@ def test_pretrained_weights_without_network_give_a_clear_message(monkeypatch, tm
     ],
 )
 def test_bad_hyperparameters_are_rejected_with_the_field_named(field, value):
-    with pytest.raises(EngineError, match=field):
+    with pytest.raises(ValidationError, match=field):
         Hyperparameters(**{field: value})
 
 

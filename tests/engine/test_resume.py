@@ -97,3 +97,55 @@ def test_a_half_written_state_is_ignored(tmp_path):
     folder = tmp_path / "ckpt"
     (folder / "epoch-0005.partial").mkdir(parents=True)  # died while writing
     assert Checkpointer(folder).latest() is None
+
+
+class DieAtStep(Callback):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+    def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        if (epoch, step) == (self.epoch, self.step):
+            raise Killed
+
+
+MID_EPOCH_CASES = [
+    ("finetune", {}, {}),
+    ("l2sp", {"alpha": 1.0, "freeze_stages": 2, "unfreeze_every": 1}, {"sampler": "balanced"}),
+    ("lp_ft", {"probe_epochs": 2}, {"grad_clip_norm": 1.0}),
+]
+
+
+@pytest.mark.parametrize(("strategy", "options", "extra"), MID_EPOCH_CASES)
+def test_a_run_resumed_mid_epoch_has_the_metrics_of_an_uninterrupted_one(
+    tmp_path, data, strategy, options, extra
+):
+    # 96 training images at batch 16: 6 steps an epoch (val_fraction 0.2 of 120).
+    hp = Hyperparameters(epochs=4, batch_size=16, learning_rate=3e-3, image_size=32, **extra)
+    common = {"source": scratch(), "strategy": strategy, "data": data, "hparams": hp,
+              "strategy_options": options, "device": "cpu"}  # fmt: skip
+    whole = run_training(**common)
+
+    folder = tmp_path / "ckpt"
+    # Interval 0: a state after every step, so the latest is that of step 3 of epoch 4.
+    with pytest.raises(Killed):
+        run_training(**common, checkpoint_dir=folder, checkpoint_interval_s=0,
+                     callbacks=[DieAtStep(4, 4)])  # fmt: skip
+    saved = Checkpointer(folder).latest()
+    assert saved is not None and (saved.epoch, saved.step) == (3, 3)
+    assert [p.name for p in folder.iterdir()] == ["epoch-0003-0000003"]
+    assert Checkpointer(folder).latest_position() == (3, 3)
+    resumed = run_training(**common, checkpoint_dir=folder, checkpoint_interval_s=0)
+
+    assert comparable(resumed.history) == comparable(whole.history)
+    assert resumed.evaluation == whole.evaluation
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_without_an_interval_states_are_saved_at_epoch_ends_only(tmp_path, data):
+    folder = tmp_path / "ckpt"
+    hp = Hyperparameters(epochs=3, batch_size=16, image_size=32)
+    with pytest.raises(Killed):
+        run_training(source=scratch(), strategy="finetune", data=data, hparams=hp,
+                     device="cpu", checkpoint_dir=folder, callbacks=[DieAtStep(2, 5)])  # fmt: skip
+    assert [p.name for p in folder.iterdir()] == ["epoch-0001"]

@@ -85,7 +85,7 @@ def test_a_resumed_job_in_process_ends_like_an_uninterrupted_one(client, setting
         run_training(source=source, strategy="finetune", data=data,
                      hparams=Hyperparameters(**job.spec["hyperparameters"]),
                      callbacks=[Die(db, job_id, interval_s=0)], device="cpu",
-                     checkpoint_dir=settings.layout.checkpoint_dir(job_id))  # fmt: skip
+                     checkpoint_dir=settings.artifacts.path(f"checkpoints/{job_id}"))  # fmt: skip
     with db.session_scope() as s:
         repo.set_progress(s, job_id, heartbeat_at=utcnow() - timedelta(seconds=3600))
     assert recover_stale_jobs(settings, db, lambda _: None) == [job_id]
@@ -98,7 +98,8 @@ def test_a_resumed_job_in_process_ends_like_an_uninterrupted_one(client, setting
     keys = ("epoch", "train_loss", "val_loss", "val_accuracy", "learning_rate")
     assert [[m[k] for k in keys] for m in mb] == [[m[k] for k in keys] for m in ma]
     assert b["model_id"] and a["model_id"] != b["model_id"]
-    assert not settings.layout.checkpoint_dir(job_id).exists()  # cleared when the job ended
+    checkpoints = settings.artifacts.path(settings.artifacts.checkpoint_key(job_id))
+    assert not checkpoints.exists()  # cleared when the job ended
     with db.session_scope() as s:
         assert s.query(JobMetric).filter_by(job_id=job_id).count() == 4
 

@@ -31,6 +31,9 @@ class FitContext:
     # Where each finished epoch's TrainState goes (None: not saved), and the one to resume from.
     checkpointer: Checkpointer | None = None
     resume: TrainState | None = None
+    # Inside an epoch, the state is also saved once this many seconds have passed since the last
+    # save (None: at epoch ends only).
+    checkpoint_interval_s: float | None = None
     # What the run chose where the job left it open (augmentation, the epoch it kept): reported
     # in TrainResult.choices. Mutable on purpose; phases write into it.
     choices: dict[str, Any] = field(default_factory=dict)

@@ -1,14 +1,12 @@
 """What finetune, l2sp, l1sp and lp_ft share: their options for freezing and learning rates, and
-the fine-tuning phase (an epoch loop over images) that runs them."""
+the fine-tuning task (a loss over image batches) that ``app.engine.trainer`` runs for them."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from app.engine.data import (
@@ -18,23 +16,14 @@ from app.engine.data import (
     create_train_loader,
     create_train_transform,
 )
-from app.engine.early_stopping import EarlyStopping
 from app.engine.errors import EngineError
-from app.engine.loop import EvalStats, create_criterion, evaluate, train_one_epoch
+from app.engine.loop import EvalStats, create_criterion, evaluate
 from app.engine.models import batchnorm_layers, freeze_stages, match_parameters
-from app.engine.optim import create_optimizer, create_param_groups, lr_factor, set_epoch_lr
+from app.engine.optim import create_optimizer, create_param_groups
 from app.engine.regularization import PenaltyTerm, ProximalPenalty
-from app.engine.specs import EpochMetrics, Hyperparameters, _is_int, _is_number
-from app.engine.state import (
-    TrainState,
-    capture_rng,
-    load_module,
-    load_optimizer,
-    module_tensors,
-    optimizer_tensors,
-    restore_rng,
-)
+from app.engine.specs import Hyperparameters, _is_int, _is_number
 from app.engine.strategies._base import FitContext, Strategy
+from app.engine.trainer import LoaderBatches, StepOutput, TrainingTask
 
 
 def check_fraction(name: str, value: object, *, optional: bool = False) -> None:
@@ -168,149 +157,77 @@ class Freezing:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def run_finetune_phase(
-    ctx: FitContext,
-    opts: FinetuneOptions,
-    *,
-    phase: str,
-    first_epoch: int,
-    epochs: int,
-    history: list[EpochMetrics],
-    lr_mult: float = 1.0,
-    announce: bool = True,
-) -> EvalStats:
-    """Train ``ctx.model`` on images for ``epochs`` epochs numbered from ``first_epoch``.
+class FinetuneTask(TrainingTask):
+    """Fine-tuning on images: the model's loss on a batch, with the freezing schedule, the
+    optimizer's parameter groups and the penalty's proximal step of ``opts``."""
 
-    Appends to ``history`` and reports each epoch; stops early and restores the best epoch when
-    the job asks for it. Returns the validation result of the model it leaves in ``ctx.model``.
-    """
-    hp, runtime, model = ctx.hparams, ctx.runtime, ctx.model
-    freezing = Freezing(model, opts)
-    freezing.apply(1)
-    timm_model: Any = model  # get_classifier is timm API
-    head_ids = {id(p) for p in timm_model.get_classifier().parameters()}
-    trained = freezing.trained_parameters()
-    groups = create_param_groups(
-        model,
-        trained,
-        head=[p for p in trained if id(p) in head_ids],
-        weight_decay=opts.optimizer_weight_decay(hp),
-        backbone_lr_mult=opts.backbone_lr_mult,
-        layer_decay=opts.layer_decay,
-    )
-    optimizer = create_optimizer(groups, hp, lr_mult=lr_mult)
-    penalty = ProximalPenalty(
-        opts.penalty_terms(
-            [p for p in trained if id(p) not in head_ids],
-            [p for p in trained if id(p) in head_ids],
-        ),
-        optimizer,
-    )
-
-    train_loader = create_train_loader(
-        ImageDataset(ctx.train, create_train_transform(ctx.preprocessing, hp.augmentation)),
-        hp.batch_size,
-        device=runtime.device,
-        seed=hp.seed,
-        num_workers=ctx.num_workers,
-        sampler=hp.sampler,
-    )
-    val_loader = create_loader(
-        ImageDataset(ctx.val, create_eval_transform(ctx.preprocessing)),
-        hp.batch_size,
-        device=runtime.device,
-        num_workers=ctx.num_workers,
-        persistent_workers=True,  # evaluated every epoch
-    )
-    criterion = create_criterion(
-        hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
-    )
-    stopper = EarlyStopping(model, hp)
-    generator = train_loader.generator
-    first_index = 1
-    resume = ctx.resume
-    if resume is not None and resume.phase == phase and resume.epoch >= first_epoch:
-        # Everything above was built as in the interrupted run (the penalty's anchors included);
-        # now its state at the end of its last saved epoch replaces what training changes.
-        load_module(model, "model", resume)
-        load_optimizer(optimizer, resume)
-        penalty.refresh()  # load_state_dict made new param-group dicts: re-read them (their lr)
-        stopper.load(resume.tensors, resume.meta["early_stopping"])
-        restore_rng(resume, generator)
-        history[:] = resume.history
-        first_index = resume.epoch - first_epoch + 2
-
-    if announce:
-        ctx.callbacks.on_train_start(hp.epochs, len(train_loader))
-    val = None
-    for index in range(first_index, epochs + 1):
-        epoch = first_epoch + index - 1
-        start = time.perf_counter()
-        if freezing.apply(index):
-            penalty.refresh()
-        lr = set_epoch_lr(optimizer, lr_factor(index, epochs, hp))
-        stats = train_one_epoch(
+    def __init__(
+        self, ctx: FitContext, opts: FinetuneOptions, *, phase: str, lr_mult: float = 1.0
+    ) -> None:
+        hp, runtime, model = ctx.hparams, ctx.runtime, ctx.model
+        self.phase, self.kept, self.runtime, self.callbacks = phase, model, runtime, ctx.callbacks
+        self.freezing = Freezing(model, opts)
+        self.freezing.apply(1)
+        timm_model: Any = model  # get_classifier is timm API
+        head_ids = {id(p) for p in timm_model.get_classifier().parameters()}
+        trained = self.freezing.trained_parameters()
+        groups = create_param_groups(
             model,
-            train_loader,
-            optimizer,
-            epoch=epoch,
-            runtime=runtime,
-            callbacks=ctx.callbacks,
-            frozen=freezing.eval_modules,
-            criterion=criterion,
-            grad_clip_norm=hp.grad_clip_norm,
-            after_step=penalty.step if penalty else None,
+            trained,
+            head=[p for p in trained if id(p) in head_ids],
+            weight_decay=opts.optimizer_weight_decay(hp),
+            backbone_lr_mult=opts.backbone_lr_mult,
+            layer_decay=opts.layer_decay,
         )
-        val = evaluate(model, val_loader, runtime=runtime, callbacks=ctx.callbacks)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            phase=phase,
-            train_loss=stats.loss,
-            val_loss=val.loss,
-            val_accuracy=val.accuracy,
-            learning_rate=lr,
-            images_per_second=stats.images / stats.seconds if stats.seconds > 0 else 0.0,
-            seconds=time.perf_counter() - start,
+        self.optimizer = create_optimizer(groups, hp, lr_mult=lr_mult)
+        self.penalty = ProximalPenalty(
+            opts.penalty_terms(
+                [p for p in trained if id(p) not in head_ids],
+                [p for p in trained if id(p) in head_ids],
+            ),
+            self.optimizer,
         )
-        history.append(metrics)
-        ctx.callbacks.on_epoch_end(metrics)
-        stop = stopper.update(metrics, val)
-        if ctx.checkpointer is not None and not stop and index < epochs:
-            ctx.checkpointer.save(
-                _state(phase, epoch, history, model, optimizer, stopper, generator)
+        self.batches = LoaderBatches(
+            create_train_loader(
+                ImageDataset(ctx.train, create_train_transform(ctx.preprocessing, hp.augmentation)),
+                hp.batch_size,
+                device=runtime.device,
+                seed=hp.seed,
+                num_workers=ctx.num_workers,
+                sampler=hp.sampler,
             )
-        if stop:
-            break
-    if val is None:  # resumed after its last epoch: evaluate what the checkpoint holds
-        val = evaluate(model, val_loader, runtime=runtime, callbacks=ctx.callbacks)
-    model.eval()
-    kept = stopper.restore(val)
-    ctx.choices["kept_epoch"] = stopper.best_epoch or history[-1].epoch
-    return kept
+        )
+        self.val_loader = create_loader(
+            ImageDataset(ctx.val, create_eval_transform(ctx.preprocessing)),
+            hp.batch_size,
+            device=runtime.device,
+            num_workers=ctx.num_workers,
+            persistent_workers=True,  # evaluated every epoch
+        )
+        self.criterion = create_criterion(
+            hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
+        )
 
+    def start_epoch(self, index: int) -> None:
+        if self.freezing.apply(index):
+            self.penalty.refresh()
+        self.kept.train()
+        for module in self.freezing.eval_modules:  # frozen stages, BatchNorm statistics
+            module.eval()
 
-def _state(
-    phase: str,
-    epoch: int,
-    history: list[EpochMetrics],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    stopper: EarlyStopping,
-    generator: torch.Generator | None,
-) -> TrainState:
-    """Everything a resumed phase needs (see app.engine.state for what is left out, and why)."""
-    optim_tensors, optim_meta = optimizer_tensors(optimizer)
-    best_tensors, best_meta = stopper.save()
-    rng_tensors, rng_meta = capture_rng(generator)
-    return TrainState(
-        phase=phase,
-        epoch=epoch,
-        history=list(history),
-        tensors={
-            **module_tensors("model", model.state_dict()),
-            **optim_tensors,
-            **best_tensors,
-            **rng_tensors,
-        },
-        meta={"optimizer": optim_meta, "early_stopping": best_meta, "rng": rng_meta},
-    )
+    def step(self, batch: Any) -> StepOutput:
+        images, targets = batch
+        images, targets = self.runtime.to(images), self.runtime.to(targets)
+        with self.runtime.autocast():
+            loss = self.criterion(self.kept(images), targets)
+        return StepOutput(loss, targets.shape[0])
+
+    def after_step(self) -> None:
+        if self.penalty:
+            self.penalty.step()
+
+    def evaluate(self) -> EvalStats:
+        return evaluate(self.kept, self.val_loader, runtime=self.runtime, callbacks=self.callbacks)
+
+    def after_load(self) -> None:
+        self.penalty.refresh()  # load_state_dict made new param-group dicts: re-read their lr

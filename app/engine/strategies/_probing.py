@@ -12,8 +12,7 @@ cache, so the job's ``augmentation`` does not apply here.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,18 +27,12 @@ from app.engine.data import (
     create_eval_transform,
     create_loader,
 )
-from app.engine.early_stopping import EarlyStopping
 from app.engine.errors import EngineError
-from app.engine.loop import (
-    EvalStats,
-    Runtime,
-    check_finite,
-    create_criterion,
-    evaluate_logits,
-)
-from app.engine.optim import create_optimizer, lr_factor, set_epoch_lr
+from app.engine.loop import EvalStats, Runtime, create_criterion, evaluate_logits
+from app.engine.optim import create_optimizer
 from app.engine.specs import EpochMetrics
 from app.engine.strategies._base import FitContext
+from app.engine.trainer import PhaseResult, StepOutput, TrainingTask, fit_phase
 
 
 @dataclass(frozen=True)
@@ -126,7 +119,68 @@ def extract_features(
     return torch.cat(out), torch.cat(labels)
 
 
-def run_probe_phase(
+class FeatureBatches:
+    """Batches of indices into the cached training features: one seeded draw per epoch, a
+    shuffle or (``weights``) a class-balanced sample with replacement. A CPU generator, so the
+    order does not depend on the device."""
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int, device: torch.device, weights=None
+    ) -> None:
+        self.n, self.batch_size, self.device, self.weights = n, batch_size, device, weights
+        self.generator: torch.Generator | None = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def epoch(self, skip: int = 0) -> Iterator[torch.Tensor]:
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=self.generator)
+        else:
+            order = torch.multinomial(
+                self.weights, self.n, replacement=True, generator=self.generator
+            )
+        order = order.to(self.device)
+        for first in range(skip * self.batch_size, self.n, self.batch_size):
+            yield order[first : first + self.batch_size]
+
+
+class ProbeTask(TrainingTask):
+    """A head trained on cached features. Not saved: its epochs take about a second in all, and
+    a resumed job recomputes the features it needs first anyway."""
+
+    saved = False
+
+    def __init__(self, ctx: FitContext, head: nn.Module, feats: Features, *, phase: str) -> None:
+        hp, runtime = ctx.hparams, ctx.runtime
+        self.phase, self.kept, self.feats = phase, head, feats
+        self.optimizer = create_optimizer(head.parameters(), hp)
+        self.criterion = create_criterion(
+            hp, feats.train_y.tolist(), len(ctx.class_names), runtime.device
+        )
+        weights = None
+        if hp.sampler == "balanced":
+            weights = balanced_sample_weights(feats.train_y.tolist())
+        self.batches = FeatureBatches(
+            feats.train_x.shape[0],
+            hp.batch_size,
+            seed=hp.seed,
+            device=runtime.device,
+            weights=weights,
+        )
+
+    def step(self, batch: torch.Tensor) -> StepOutput:
+        feats = self.feats
+        return StepOutput(self.criterion(self.kept(feats.train_x[batch]), feats.train_y[batch]),
+                          batch.numel())  # fmt: skip
+
+    def evaluate(self) -> EvalStats:
+        self.kept.eval()
+        with torch.inference_mode():
+            return evaluate_logits(self.kept(self.feats.val_x), self.feats.val_y)
+
+
+def fit_probe(
     ctx: FitContext,
     head: nn.Module,
     feats: Features,
@@ -135,67 +189,8 @@ def run_probe_phase(
     first_epoch: int,
     epochs: int,
     history: list[EpochMetrics],
-) -> tuple[EvalStats, int]:
-    """Train ``head`` on cached features; (validation of the head it leaves, epochs run)."""
+) -> PhaseResult:
+    """Train ``head`` on cached features, its small ops on one CPU thread."""
     with ctx.runtime.small_ops():
-        hp, runtime, callbacks = ctx.hparams, ctx.runtime, ctx.callbacks
-        n_train = feats.train_x.shape[0]
-        steps_per_epoch = head_steps_per_epoch(ctx)
-        optimizer = create_optimizer(head.parameters(), hp)
-        labels = feats.train_y.tolist()
-        criterion = create_criterion(hp, labels, len(ctx.class_names), runtime.device)
-        clip_params = [p for p in head.parameters() if p.requires_grad]
-        stopper = EarlyStopping(head, hp)
-        # CPU generator: one seeded draw of indices per epoch, independent of the device.
-        generator = torch.Generator().manual_seed(hp.seed)
-        weights = None
-        if hp.sampler == "balanced":
-            weights = balanced_sample_weights(feats.train_y.tolist())
-        val = None
-        ran = 0
-        for index in range(1, epochs + 1):
-            epoch = first_epoch + index - 1
-            start = time.perf_counter()
-            lr = set_epoch_lr(optimizer, lr_factor(index, epochs, hp))
-            head.train()
-            if weights is None:
-                order = torch.randperm(n_train, generator=generator)
-            else:
-                order = torch.multinomial(weights, n_train, replacement=True, generator=generator)
-            order = order.to(runtime.device)
-            loss_sum = torch.zeros((), device=runtime.device)
-            for step, first in enumerate(range(0, n_train, hp.batch_size), 1):
-                idx = order[first : first + hp.batch_size]
-                loss = criterion(head(feats.train_x[idx]), feats.train_y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if hp.grad_clip_norm is not None:
-                    nn.utils.clip_grad_norm_(clip_params, hp.grad_clip_norm, foreach=True)
-                optimizer.step()
-                loss_sum.add_(loss.detach(), alpha=idx.numel())
-                callbacks.step(epoch, step, steps_per_epoch)
-            train_loss = loss_sum.item() / n_train
-            train_seconds = time.perf_counter() - start
-            check_finite(train_loss, epoch)
-            head.eval()
-            with torch.inference_mode():
-                val = evaluate_logits(head(feats.val_x), feats.val_y)
-            metrics = EpochMetrics(
-                epoch=epoch,
-                phase=phase,
-                train_loss=train_loss,
-                val_loss=val.loss,
-                val_accuracy=val.accuracy,
-                learning_rate=lr,
-                images_per_second=n_train / train_seconds if train_seconds > 0 else 0.0,
-                seconds=time.perf_counter() - start,
-            )
-            history.append(metrics)
-            callbacks.on_epoch_end(metrics)
-            ran = index
-            if stopper.update(metrics, val):
-                break
-        assert val is not None  # epochs >= 1
-        kept = stopper.restore(val)
-        ctx.choices["kept_epoch"] = stopper.best_epoch or history[-1].epoch
-        return kept, ran
+        task = ProbeTask(ctx, head, feats, phase=phase)
+        return fit_phase(ctx, task, first_epoch=first_epoch, epochs=epochs, history=history)

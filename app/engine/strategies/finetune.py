@@ -15,14 +15,15 @@ from torch import nn
 
 from app.engine.errors import EngineError
 from app.engine.regularization import PenaltyTerm, source_term, zero_term
-from app.engine.specs import Hyperparameters
+from app.engine.specs import EpochMetrics, Hyperparameters
 from app.engine.strategies._base import FitContext, FitOutcome
 from app.engine.strategies._finetuning import (
     FinetuneOptions,
+    FinetuneTask,
     check_non_negative,
-    run_finetune_phase,
 )
 from app.engine.strategies._registry import register_strategy
+from app.engine.trainer import fit_phase
 
 PENALTIES = ("none", "l1", "l2")
 DEFAULT_PENALTY_LAMBDA = 0.01  # the strength of AdamW's default weight decay
@@ -30,10 +31,10 @@ DEFAULT_PENALTY_LAMBDA = 0.01  # the strength of AdamW's default weight decay
 
 class _Finetuning(FinetuneOptions):
     def fit(self, ctx: FitContext) -> FitOutcome:
-        history: list = []
-        val = run_finetune_phase(
-            ctx, self, phase="train", first_epoch=1, epochs=ctx.hparams.epochs, history=history
-        )
+        hp, history = ctx.hparams, list[EpochMetrics]()
+        task = FinetuneTask(ctx, self, phase="train")
+        ctx.callbacks.on_train_start(hp.epochs, len(task.batches))
+        val = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history).val
         return FitOutcome(history, val.predictions, val.targets)
 
 

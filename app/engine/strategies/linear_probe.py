@@ -27,10 +27,10 @@ from app.engine.specs import EpochMetrics, _is_int, _is_number
 from app.engine.strategies._base import FitContext, FitOutcome, Strategy
 from app.engine.strategies._probing import (
     extract_all,
+    fit_probe,
     head_steps_per_epoch,
     own_classifier,
     pre_logits,
-    run_probe_phase,
 )
 from app.engine.strategies._registry import register_strategy
 
@@ -104,9 +104,9 @@ class LinearProbe(Strategy):
         head.requires_grad_(True)
 
         history: list[EpochMetrics] = []
-        val, _ = run_probe_phase(
+        val = fit_probe(
             ctx, head, feats, phase="probe", first_epoch=1, epochs=hp.epochs, history=history
-        )
+        ).val
         model.eval()
         if probe is not None:
             probe.eval()

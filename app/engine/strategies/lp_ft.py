@@ -21,18 +21,19 @@ from app.engine.specs import EpochMetrics, Hyperparameters, _is_int
 from app.engine.strategies._base import FitContext, FitOutcome
 from app.engine.strategies._finetuning import (
     FinetuneOptions,
+    FinetuneTask,
     Freezing,
     check_fraction,
-    run_finetune_phase,
 )
 from app.engine.strategies._probing import (
     extract_all,
+    fit_probe,
     head_steps_per_epoch,
     own_classifier,
     pre_logits,
-    run_probe_phase,
 )
 from app.engine.strategies._registry import register_strategy
+from app.engine.trainer import fit_phase
 
 
 @register_strategy("lp_ft")
@@ -80,7 +81,7 @@ class LinearProbeThenFinetune(FinetuneOptions):
         feats = extract_all(ctx, pre_logits(model))
         classifier.requires_grad_(True)
         history: list[EpochMetrics] = []
-        _, ran = run_probe_phase(
+        probe = fit_probe(
             ctx,
             classifier,
             feats,
@@ -90,14 +91,11 @@ class LinearProbeThenFinetune(FinetuneOptions):
             history=history,
         )
         del feats  # the fine-tuning phase needs the memory more
-        val = run_finetune_phase(
+        val = fit_phase(
             ctx,
-            self,
-            phase="finetune",
-            first_epoch=ran + 1,
+            FinetuneTask(ctx, self, phase="finetune", lr_mult=self.finetune_lr_mult),
+            first_epoch=probe.epochs_run + 1,
             epochs=hp.epochs - probe_epochs,
             history=history,
-            lr_mult=self.finetune_lr_mult,
-            announce=False,
-        )
+        ).val
         return FitOutcome(history, val.predictions, val.targets)
