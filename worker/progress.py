@@ -52,6 +52,8 @@ class DatabaseProgress(Callback):
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         values = asdict(metrics)
+        # TODO(issue 10) a strategy's further figures (EpochMetrics.extra) need a column.
+        values.pop("extra")
         if metrics.images_per_second:
             worker_metrics.IMAGES_PER_SECOND.set(metrics.images_per_second)
         with self.db.session_scope() as session:

@@ -207,9 +207,11 @@ def create_loader(
     persistent_workers: bool = False,
     sampler: Sampler | None = None,
     generator: torch.Generator | None = None,
+    batch_sampler: Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader set up for ``device``; shuffling is seeded so CPU runs repeat exactly.
-    A ``sampler`` comes with the ``generator`` that drives it (and seeds the workers).
+    A ``sampler`` (or a ``batch_sampler``, which then sets the batches) comes with the
+    ``generator`` that drives it (and seeds the workers).
 
     ``persistent_workers`` is for loaders iterated every epoch: re-forking workers costs seconds
     per epoch with many workers. One-shot loaders (feature extraction) leave it off so their
@@ -217,11 +219,14 @@ def create_loader(
     """
     if generator is None and shuffle:
         generator = torch.Generator().manual_seed(seed)
+    if batch_sampler is not None:  # it makes the batches: DataLoader takes none of these then
+        batch_size, shuffle, sampler, drop_last = 1, False, None, False
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,
+        batch_sampler=batch_sampler,
         generator=generator,
         num_workers=num_workers,
         # Page-locked batches let .to(device, non_blocking=True) overlap the copy with compute.

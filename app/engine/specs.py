@@ -178,6 +178,8 @@ class DatasetSplits:
     class_names: tuple[str, ...]
     train: tuple[tuple[str, int], ...]  # (absolute image path, label index)
     val: tuple[tuple[str, int], ...] = ()
+    # Images of the target domain, labels unknown or unused (domain adaptation: dann).
+    target: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,9 @@ class EpochMetrics:
     learning_rate: float  # the largest in use this epoch (the head's; see backbone_lr_mult)
     images_per_second: float  # training images / training seconds of this epoch (excl. eval)
     seconds: float  # the whole epoch, evaluation included
+    # What a strategy reports beside the loss (dann: the domain discriminator's accuracy), each
+    # a mean over the epoch's training samples.
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,15 +49,16 @@ class TrainState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def capture_rng(loader_generator: torch.Generator | None) -> tuple[dict, dict]:
-    """Every RNG a training epoch draws from: torch (CPU and CUDA), the loader's shuffling
-    generator, Python's ``random`` (timm's augmentations) and NumPy."""
+def capture_rng(generators: Mapping[str, torch.Generator]) -> tuple[dict, dict]:
+    """Every RNG a training epoch draws from: torch (CPU and CUDA), the batches' own generators
+    by name (``loader``: the shuffling one), Python's ``random`` (timm's augmentations) and
+    NumPy."""
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    if loader_generator is not None:
-        tensors["rng.loader"] = loader_generator.get_state()
+    for name, generator in generators.items():
+        tensors[f"rng.{name}"] = generator.get_state()
     version, internal, gauss = random.getstate()
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
@@ -67,14 +69,14 @@ def capture_rng(loader_generator: torch.Generator | None) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def restore_rng(state: TrainState, loader_generator: torch.Generator | None) -> None:
+def restore_rng(state: TrainState, generators: Mapping[str, torch.Generator]) -> None:
     t, meta = state.tensors, state.meta["rng"]
     torch.set_rng_state(t["rng.torch"])
     cuda = sorted(k for k in t if k.startswith("rng.cuda."))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t[k] for k in cuda])
-    if loader_generator is not None and "rng.loader" in t:
-        loader_generator.set_state(t["rng.loader"])
+    for name, generator in generators.items():
+        generator.set_state(t[f"rng.{name}"])
     version, internal, gauss = meta["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, pos, has_gauss, cached = meta["numpy"]

@@ -110,6 +110,7 @@ def run_training(
         checkpointer=checkpointer,
         resume=checkpointer.latest() if checkpointer is not None else None,
         checkpoint_interval_s=checkpoint_interval_s,
+        target=tuple(data.target),
         choices={"augmentation": augmentation},
     )
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -51,13 +51,17 @@ from app.engine.state import (
 class StepOutput:
     loss: torch.Tensor  # the batch's mean loss, with its graph
     size: int  # samples in the batch: its weight in the epoch's mean loss
+    # Further per-epoch figures, each the batch's mean (detached) for this step: the trainer
+    # averages them over the epoch's samples like the loss, into EpochMetrics.extra.
+    extra: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Batches(Protocol):
     """The training batches of one phase, epoch after epoch."""
 
-    # The generator that orders an epoch (saved with the state); None when the order is fixed.
-    generator: torch.Generator | None
+    def generators(self) -> dict[str, torch.Generator]:
+        """The generators that order an epoch, by name (saved with the state)."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -72,7 +76,10 @@ class LoaderBatches:
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
-        self.generator = loader.generator
+
+    def generators(self) -> dict[str, torch.Generator]:
+        generator = self.loader.generator
+        return {} if generator is None else {"loader": generator}
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -100,6 +107,9 @@ class TrainingTask(abc.ABC):
     # Whether the phase's state is saved. A probe's head phase is not: its epochs cost about a
     # second in all, and its cached features are recomputed on resume anyway.
     saved: bool = True
+    # Where training is, from 0 at the first step of the phase to 1 after its last: the trainer
+    # sets it before each step, for schedules inside the step (DANN's lambda).
+    progress: float = 0.0
 
     def modules(self) -> Mapping[str, nn.Module]:
         """The modules whose weights the training state holds, by name (extra modules such as a
@@ -140,9 +150,10 @@ class _EpochProgress:
 
     steps: int = 0
     loss_sum: torch.Tensor | None = None
+    extra_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     seen: int = 0
     seconds: float = 0.0
-    order_rng: torch.Tensor | None = None  # the batch generator as the epoch began
+    order_rng: dict[str, torch.Tensor] = field(default_factory=dict)  # generators at its start
 
 
 class _Saver:
@@ -185,7 +196,7 @@ class Trainer:
             start = time.perf_counter()
             self.task.start_epoch(index)
             lr = set_epoch_lr(self.task.optimizer, lr_factor(index, self.epochs, self.hp))
-            stats = self._train_epoch(epoch, partial)
+            stats, extra = self._train_epoch(index, epoch, partial)
             seconds = time.perf_counter() - start + (partial.seconds if partial else 0.0)
             partial = None
             val = self.task.evaluate()
@@ -198,6 +209,7 @@ class Trainer:
                 learning_rate=lr,
                 images_per_second=stats.images / stats.seconds if stats.seconds > 0 else 0.0,
                 seconds=seconds,
+                extra=extra,
             )
             history.append(metrics)
             self.callbacks.on_epoch_end(metrics)
@@ -218,7 +230,9 @@ class Trainer:
 
     # --- one epoch ---------------------------------------------------------------------------
 
-    def _train_epoch(self, epoch: int, partial: _EpochProgress | None) -> TrainStats:
+    def _train_epoch(
+        self, index: int, epoch: int, partial: _EpochProgress | None
+    ) -> tuple[TrainStats, dict[str, float]]:
         task, batches, callbacks = self.task, self.task.batches, self.callbacks
         optimizer = task.optimizer
         device = self.ctx.runtime.device
@@ -226,23 +240,26 @@ class Trainer:
         # Unfreezing changes what trains, so the clipped set is read per epoch.
         clip_params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
         saver = self.saver
-        generator = batches.generator
+        generators = batches.generators()
         if partial is None:
             partial = _EpochProgress(
                 loss_sum=torch.zeros((), device=device),
-                order_rng=generator.get_state() if generator is not None else None,
+                order_rng={name: g.get_state() for name, g in generators.items()},
             )
-        elif generator is not None and partial.order_rng is not None:
+        else:
             # The global RNGs are where the step left them; the order is drawn anew from the
-            # generator as it was when the epoch began, and the trained batches are skipped.
-            generator.set_state(partial.order_rng)
-        loss_sum = partial.loss_sum
+            # generators as they were when the epoch began, and the trained batches are skipped.
+            for name, g in generators.items():
+                g.set_state(partial.order_rng[name])
+        loss_sum, sums = partial.loss_sum, partial.extra_sums
         assert loss_sum is not None
         seen, done = partial.seen, partial.steps
         steps = len(batches)
+        total_steps = steps * self.epochs
         start = time.perf_counter()
         try:
             for step, batch in enumerate(batches.epoch(skip=done), done + 1):
+                task.progress = ((index - 1) * steps + step - 1) / total_steps
                 out = task.step(batch)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
@@ -252,12 +269,17 @@ class Trainer:
                 optimizer.step()
                 task.after_step()
                 loss_sum.add_(out.loss.detach(), alpha=out.size)
+                for name, value in out.extra.items():
+                    if name not in sums:
+                        sums[name] = torch.zeros((), device=device)
+                    sums[name].add_(value, alpha=out.size)
                 seen += out.size
                 callbacks.step(epoch, step, steps)
                 if saver is not None and step < steps and saver.due():
                     progress = _EpochProgress(
                         steps=step,
                         loss_sum=loss_sum,
+                        extra_sums=sums,
                         seen=seen,
                         seconds=partial.seconds + time.perf_counter() - start,
                         order_rng=partial.order_rng,
@@ -272,9 +294,11 @@ class Trainer:
             raise
         mean_loss = loss_sum.item() / max(seen, 1)  # the epoch's one host/device sync
         check_finite(mean_loss, epoch)
-        return TrainStats(
+        extra = {name: value.item() / max(seen, 1) for name, value in sums.items()}
+        stats = TrainStats(
             loss=mean_loss, images=seen, seconds=partial.seconds + time.perf_counter() - start
         )
+        return stats, extra
 
     # --- training state ----------------------------------------------------------------------
 
@@ -287,7 +311,7 @@ class Trainer:
             tensors |= module_tensors(name, module.state_dict())
         optim_tensors, optim_meta = optimizer_tensors(task.optimizer)
         best_tensors, best_meta = self.stopper.save()
-        rng_tensors, rng_meta = capture_rng(task.batches.generator)
+        rng_tensors, rng_meta = capture_rng(task.batches.generators())
         tensors |= optim_tensors | best_tensors | rng_tensors
         meta: dict[str, Any] = {
             "optimizer": optim_meta,
@@ -299,8 +323,8 @@ class Trainer:
             step = progress.steps
             assert progress.loss_sum is not None
             tensors["epoch.loss_sum"] = progress.loss_sum
-            if progress.order_rng is not None:
-                tensors["epoch.order_rng"] = progress.order_rng
+            tensors |= {f"epoch.sum.{k}": v for k, v in progress.extra_sums.items()}
+            tensors |= {f"epoch.order_rng.{k}": v for k, v in progress.order_rng.items()}
             meta["epoch_progress"] = {"seen": progress.seen, "seconds": progress.seconds}
         return TrainState(
             phase=task.phase,
@@ -327,18 +351,28 @@ class Trainer:
         load_optimizer(task.optimizer, state)
         task.after_load()
         self.stopper.load(state.tensors, state.meta["early_stopping"])
-        restore_rng(state, task.batches.generator)
+        restore_rng(state, task.batches.generators())
         self.history[:] = state.history
         partial = None
         if state.step:
             device = self.ctx.runtime.device
             done = state.meta["epoch_progress"]
+            t = state.tensors
             partial = _EpochProgress(
                 steps=state.step,
-                loss_sum=state.tensors["epoch.loss_sum"].to(device),
+                loss_sum=t["epoch.loss_sum"].to(device),
+                extra_sums={
+                    k.removeprefix("epoch.sum."): v.to(device)
+                    for k, v in t.items()
+                    if k.startswith("epoch.sum.")
+                },
                 seen=int(done["seen"]),
                 seconds=float(done["seconds"]),
-                order_rng=state.tensors.get("epoch.order_rng"),
+                order_rng={
+                    k.removeprefix("epoch.order_rng."): v
+                    for k, v in t.items()
+                    if k.startswith("epoch.order_rng.")
+                },
             )
         return state.epoch - self.first_epoch + 2, partial
 

@@ -34,6 +34,8 @@ class FitContext:
     # Inside an epoch, the state is also saved once this many seconds have passed since the last
     # save (None: at epoch ends only).
     checkpoint_interval_s: float | None = None
+    # Target-domain images without labels (DatasetSplits.target), for domain adaptation.
+    target: tuple[str, ...] = ()
     # What the run chose where the job left it open (augmentation, the epoch it kept): reported
     # in TrainResult.choices. Mutable on purpose; phases write into it.
     choices: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +57,8 @@ class Strategy(abc.ABC):
     """A way to adapt a backbone to a new task. Subclasses are ``@dataclass(frozen=True)``."""
 
     name: ClassVar[str] = ""
+    # Whether the strategy trains with target-domain images (DatasetSplits.target).
+    needs_target: ClassVar[bool] = False
 
     def check(self, hparams: Hyperparameters) -> None:
         """Checks of the options against the job's hyperparameters that need no model or data:

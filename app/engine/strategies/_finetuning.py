@@ -179,7 +179,7 @@ class FinetuneTask(TrainingTask):
             backbone_lr_mult=opts.backbone_lr_mult,
             layer_decay=opts.layer_decay,
         )
-        self.optimizer = create_optimizer(groups, hp, lr_mult=lr_mult)
+        self.optimizer = create_optimizer(groups + self.extra_param_groups(), hp, lr_mult=lr_mult)
         self.penalty = ProximalPenalty(
             opts.penalty_terms(
                 [p for p in trained if id(p) not in head_ids],
@@ -207,6 +207,10 @@ class FinetuneTask(TrainingTask):
         self.criterion = create_criterion(
             hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
         )
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """Groups of further modules the optimizer trains (a domain discriminator)."""
+        return []
 
     def start_epoch(self, index: int) -> None:
         if self.freezing.apply(index):

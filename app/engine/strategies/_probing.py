@@ -128,7 +128,10 @@ class FeatureBatches:
         self, n: int, batch_size: int, *, seed: int, device: torch.device, weights=None
     ) -> None:
         self.n, self.batch_size, self.device, self.weights = n, batch_size, device, weights
-        self.generator: torch.Generator | None = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"loader": self.generator}
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)

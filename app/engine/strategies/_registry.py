@@ -32,8 +32,14 @@ def register_strategy(name: str) -> Callable[[S], S]:
     return decorator
 
 
-def list_strategies() -> list[str]:
-    return sorted(_strategies)
+def list_strategies(*, needs_target: bool | None = None) -> list[str]:
+    """Registered strategy names; ``needs_target`` keeps only those that do (or do not) train
+    with target-domain images."""
+    return sorted(
+        name
+        for name, cls in _strategies.items()
+        if needs_target is None or cls.needs_target == needs_target
+    )
 
 
 def _get(name: str) -> type[Strategy]:
