@@ -42,8 +42,10 @@ FINETUNE_OPTIONS = [
 
 
 def test_strategy_registry_lists_builtins_and_their_options():
-    assert list_strategies() == ["dann", "finetune", "l1sp", "l2sp", "linear_probe", "lp_ft"]
-    assert list_strategies(needs_target=True) == ["dann"]
+    assert list_strategies() == [
+        "dann", "finetune", "instance_weighting", "l1sp", "l2sp", "linear_probe", "lp_ft"
+    ]  # fmt: skip
+    assert list_strategies(needs_target=True) == ["dann", "instance_weighting"]
     assert strategy_option_names("finetune") == [*FINETUNE_OPTIONS, "penalty", "penalty_lambda"]
     assert strategy_option_names("l2sp") == [*FINETUNE_OPTIONS, "alpha", "beta"]
     assert strategy_option_names("l1sp") == [*FINETUNE_OPTIONS, "alpha", "beta"]

@@ -1,6 +1,12 @@
 """Transfer-learning strategies. Importing this package registers the built-in ones."""
 
-from app.engine.strategies import dann, finetune, linear_probe, lp_ft  # noqa: F401  (registers)
+from app.engine.strategies import (  # noqa: F401  (registers them)
+    dann,
+    finetune,
+    instance_weighting,
+    linear_probe,
+    lp_ft,
+)
 from app.engine.strategies._base import FitContext, FitOutcome, Strategy
 from app.engine.strategies._registry import (
     create_strategy,

@@ -189,7 +189,7 @@ class FinetuneTask(TrainingTask):
         )
         self.batches = LoaderBatches(
             create_train_loader(
-                ImageDataset(ctx.train, create_train_transform(ctx.preprocessing, hp.augmentation)),
+                self.train_dataset(ctx),
                 hp.batch_size,
                 device=runtime.device,
                 seed=hp.seed,
@@ -207,6 +207,11 @@ class FinetuneTask(TrainingTask):
         self.criterion = create_criterion(
             hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
         )
+
+    def train_dataset(self, ctx: FitContext) -> ImageDataset:
+        """The training images, as the loader reads them (a subclass may add per-sample data)."""
+        transform = create_train_transform(ctx.preprocessing, ctx.hparams.augmentation)
+        return ImageDataset(ctx.train, transform)
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
         """Groups of further modules the optimizer trains (a domain discriminator)."""
