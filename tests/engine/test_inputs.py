@@ -70,7 +70,7 @@ def test_unknown_strategy_names_the_valid_ones(small_digits):
             hparams=Hyperparameters(),
             device="cpu",
         )
-    with pytest.raises(EngineError, match="finetune, l1sp, l2sp, linear_probe, lp_ft"):
+    with pytest.raises(EngineError, match="instance_weighting, l1sp, l2sp, linear_probe, lp_ft"):
         strategy_option_names("nope")
 
 
