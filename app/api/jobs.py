@@ -15,7 +15,7 @@ from app.api.deps import (
     ValidJob,
 )
 from app.api.idempotent import IdempotentCreate
-from app.api.schemas.common import MAX_OFFSET, Page, error_responses
+from app.api.schemas.common import MAX_OFFSET, ZIP_RESPONSE, Page, error_responses
 from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut
 from app.db.models import Job
 from app.db.repositories import jobs as repo
@@ -130,7 +130,7 @@ def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
 @router.get(
     "/{job_id}/features",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}}, **error_responses(404, 409)},
+    responses={200: ZIP_RESPONSE, **error_responses(404, 409)},
     summary="Download the embeddings of an extract_features job",
     dependencies=[require_scope("read")],
     description=(
