@@ -28,6 +28,7 @@ def test_operation_ids_are_the_function_names(schema):
     assert ids[("POST", "/v1/jobs")] == "create_job"
     assert ids[("POST", "/v1/datasets")] == "create_dataset"
     assert ids[("POST", "/v1/models/{model_id}/predict")] == "predict"
+    assert ids[("GET", "/v1/jobs/{job_id}/events")] == "stream_job_events"
     assert len(set(ids.values())) == len(ids)
     assert not [i for i in ids.values() if "_v1_" in i or i.endswith(("_get", "_post"))]
 
@@ -78,6 +79,7 @@ def test_the_operation_table_still_reads_scopes(client):
     table = OperationTable(client.app)
     assert table.match("POST", "/v1/jobs").scopes == {"train"}
     assert table.match("POST", "/v1/models/abc/predict").scopes == {"predict"}
+    assert table.match("GET", "/v1/jobs/abc/events").scopes == {"read"}
 
 
 @pytest.mark.filterwarnings("ignore:Duplicate Operation ID")

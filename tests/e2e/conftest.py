@@ -122,11 +122,12 @@ def start_stack(postgres_url: str, redis_url: str, root: Path, **extra_env: str)
     return service
 
 
-def start_serve(tmp_path) -> tuple[Service, str, int]:
+def start_serve(tmp_path, **extra_env: str) -> tuple[Service, str, int]:
     """`transferlab serve` on a fresh data folder: the service, its start-up banner, and the pid
     of the worker it started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
     env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
+    env |= extra_env
     port = free_port()
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -145,7 +146,13 @@ def start_serve(tmp_path) -> tuple[Service, str, int]:
 def embedded(tmp_path_factory) -> Iterator[Service]:
     """One `transferlab serve` (SQLite, folder broker, one worker) shared by the client, CLI and
     dashboard tests, with the admin key it printed on its first start."""
-    service, banner, _ = start_serve(tmp_path_factory.mktemp("embedded"))
+    service, banner, _ = start_serve(
+        tmp_path_factory.mktemp("embedded"),
+        # Step progress and event polls often enough that a job of a few seconds shows them.
+        TRANSFERLAB_PROGRESS_INTERVAL_S="0.1",
+        TRANSFERLAB_EVENTS_POLL_S="0.1",
+        TRANSFERLAB_TORCH_THREADS="1",
+    )
     service.api_key = re.search(r"^  (tl_\S+)$", banner, re.MULTILINE).group(1)
     yield service
     service.stop()

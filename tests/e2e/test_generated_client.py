@@ -20,9 +20,14 @@ from tests.e2e.conftest import BIN, Service
 pytestmark = pytest.mark.e2e
 
 # openapi-python-client reads only application/json and application/octet-stream response
-# bodies; the downloads are zips (application/zip), which this maps to bytes. No post hooks:
-# formatting the generated code is not what this test checks.
-CONFIG = "post_hooks: []\ncontent_type_overrides:\n  application/zip: application/octet-stream\n"
+# bodies; the downloads (application/zip) and the event stream (text/event-stream) are mapped to
+# bytes. No post hooks: formatting the generated code is not what this test checks.
+CONFIG = """\
+post_hooks: []
+content_type_overrides:
+  application/zip: application/octet-stream
+  text/event-stream: application/octet-stream
+"""
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""Live events of a job a real worker trains, from a real `transferlab serve`."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Service, upload_file
+
+pytestmark = pytest.mark.e2e
+
+
+def read_events(response: httpx.Response) -> list[tuple[str, str, dict]]:
+    """(event, id, data) of each event as it arrives; comments and retry lines are skipped."""
+    events, fields = [], {}
+    for line in response.iter_lines():
+        if line == "":
+            if "event" in fields:
+                events.append((fields["event"], fields["id"], json.loads(fields["data"])))
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    return events
+
+
+def test_events_follow_a_real_job_to_its_end(embedded: Service, digits_zip):
+    path = digits_zip(classes=(0, 1, 2), per_class=30, name="events.zip")
+    with embedded.client() as c:
+        dataset = upload_file(c, path)
+        job = c.post(
+            "/v1/jobs",
+            json={
+                "strategy": "finetune", "base_model": "timm:test_resnet", "pretrained": False,
+                "dataset_id": dataset["id"],
+                "hyperparameters": {"epochs": 3, "image_size": 32, "batch_size": 4},
+            },
+        ).json()  # fmt: skip
+        with c.stream("GET", f"/v1/jobs/{job['id']}/events", timeout=180) as r:
+            assert r.status_code == 200
+            events = read_events(r)
+        final = c.get(f"/v1/jobs/{job['id']}").json()
+        metrics = c.get(f"/v1/jobs/{job['id']}/metrics").json()["epochs"]
+
+    kinds = [e[0] for e in events]
+    assert kinds[0] == "status" and kinds[-1] == "end", kinds
+    assert final["status"] == "succeeded", embedded.log_text()
+    assert events[-1][2] == final | {"duration_seconds": events[-1][2]["duration_seconds"]}
+    # Each epoch's metrics, once, in order, equal to what /metrics returns.
+    assert [e[2] for e in events if e[0] == "metrics"] == metrics
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    # Step progress while it ran (3 epochs of 23 steps, written every 0.1 s), never backwards.
+    progress = [(e[2]["epoch"], e[2]["step"]) for e in events if e[0] == "progress"]
+    assert len(progress) >= 3 and progress == sorted(progress), progress
+    assert "running" in [e[2]["status"] for e in events if e[0] == "status"]
+    # Event ids: the last epoch whose metrics were sent.
+    assert [e[1] for e in events if e[0] == "metrics"] == ["1", "2", "3"]
+
+    # Reconnecting after epoch 2 gives only epoch 3 and the end.
+    with embedded.client() as c:
+        r = c.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "2"})
+    again = read_events(r)
+    assert [(e[0], e[1]) for e in again] == [("metrics", "3"), ("end", "3")]
