@@ -152,6 +152,9 @@ def embedded(tmp_path_factory) -> Iterator[Service]:
         TRANSFERLAB_PROGRESS_INTERVAL_S="0.1",
         TRANSFERLAB_EVENTS_POLL_S="0.1",
         TRANSFERLAB_TORCH_THREADS="1",
+        # No hub here: a job that asks for published weights fails at once (the CLI test's
+        # failing job), instead of after the hub client's retries.
+        HF_HUB_OFFLINE="1",
     )
     service.api_key = re.search(r"^  (tl_\S+)$", banner, re.MULTILINE).group(1)
     yield service
