@@ -27,6 +27,7 @@ from app.services import keys as key_service
 from app.serving.cache import ModelCache
 from app.settings import Settings, get_settings
 from app.storage.sweep import sweep_leftovers
+from app.ui import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     check_route_scopes(app)  # fails now if a /v1 route declares no scope
     check_operation_ids(app)  # ... or if two routes would share an operationId
     install_openapi(app)
+    install_ui(app)  # static pages at /ui; the /v1 calls they make carry the user's key
 
     # Starlette runs the middleware added last first. Outermost to innermost: observability
     # (installed above), host check, CORS (preflights carry no key), the API key check (before
