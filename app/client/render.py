@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -41,7 +42,12 @@ def _pct(value: Any) -> str:
 
 
 def _when(value: str | None) -> str:
-    return value.replace("T", " ")[:19] if value else "-"
+    # 2026-11-29T10:00:01.5Z -> 2026-11-29 10:00 (UTC): short enough for an 80-column table.
+    return value.replace("T", " ")[:16] if value else "-"
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
 
 
 @contextmanager
@@ -73,7 +79,7 @@ def dataset(console: Console, ds: dict[str, Any]) -> None:
     )
     report = ds.get("report") or {}
     splits: dict[str, dict[str, int]] = report.get("splits") or {}
-    table = Table(title="images per class")
+    table = _table("images per class")
     table.add_column("class")
     for split in splits:
         table.add_column(split, justify="right")
@@ -82,7 +88,7 @@ def dataset(console: Console, ds: dict[str, Any]) -> None:
     console.print(table)
     rejected = report.get("rejected") or []
     if rejected:
-        skipped = Table(title=f"{len(rejected)} files skipped")
+        skipped = _table(f"{len(rejected)} files skipped")
         skipped.add_column("path")
         skipped.add_column("reason")
         for item in rejected[:50]:
@@ -93,8 +99,9 @@ def dataset(console: Console, ds: dict[str, Any]) -> None:
 
 
 def datasets(console: Console, page: dict[str, Any]) -> None:
-    table = Table(title=f"datasets ({page['total']})")
-    for column in ("id", "name", "images", "classes", "created"):
+    table = _table(f"datasets ({page['total']})")
+    table.add_column("id", no_wrap=True, min_width=36)  # whole: it is what the user copies
+    for column in ("name", "images", "classes", "created"):
         table.add_column(column)
     for ds in page["items"]:
         table.add_row(
@@ -123,15 +130,15 @@ def job(console: Console, j: dict[str, Any]) -> None:
 
 
 def jobs(console: Console, page: dict[str, Any]) -> None:
-    table = Table(title=f"jobs ({page['total']})")
-    for column in ("id", "status", "strategy", "base model", "progress", "val acc", "created"):
+    table = _table(f"jobs ({page['total']})")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("status", "strategy", "base model", "progress", "val acc"):
         table.add_column(column)
     for j in page["items"]:
         latest = j.get("latest_metrics") or {}
         table.add_row(
             j["id"], _status(j["status"]), j["strategy"], j["base_model"],
             f"{j['progress']['fraction']:.0%}", _pct(latest.get("val_accuracy")),
-            _when(j["created_at"]),
         )  # fmt: skip
     console.print(table)
 
@@ -139,7 +146,7 @@ def jobs(console: Console, page: dict[str, Any]) -> None:
 def metrics_table(console: Console, epochs: list[dict[str, Any]]) -> None:
     if not epochs:
         return
-    table = Table(title="per epoch")
+    table = _table("per epoch")
     for column in ("epoch", "phase", "train loss", "val loss", "val acc", "lr", "img/s", "s"):
         table.add_column(column, justify="right")
     for m in epochs:
@@ -152,13 +159,14 @@ def metrics_table(console: Console, epochs: list[dict[str, Any]]) -> None:
 
 
 def models(console: Console, page: dict[str, Any]) -> None:
-    table = Table(title=f"model versions ({page['total']})")
-    for column in ("id", "name", "version", "strategy", "base model", "val acc", "created"):
+    table = _table(f"model versions ({page['total']})")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("name", "version", "strategy", "base model", "val acc"):
         table.add_column(column)
     for m in page["items"]:
         table.add_row(
             m["id"], m["name"], str(m["version"]), m["strategy"], m["base_model"],
-            _pct(m["metrics"].get("val_accuracy")), _when(m["created_at"]),
+            _pct(m["metrics"].get("val_accuracy")),
         )  # fmt: skip
     console.print(table)
 
@@ -176,7 +184,7 @@ def model(console: Console, m: dict[str, Any]) -> None:
     classes = m["class_names"]
     per_class = metrics.get("per_class_accuracy") or {}
     matrix = metrics.get("confusion_matrix") or []
-    table = Table(title="per class (rows: true class, columns: predicted)")
+    table = _table("per class (rows: true class, columns: predicted)")
     table.add_column("class")
     table.add_column("accuracy", justify="right")
     show_matrix = bool(matrix) and len(classes) <= 12  # wider matrices do not fit a terminal
@@ -190,7 +198,7 @@ def model(console: Console, m: dict[str, Any]) -> None:
 
 
 def predictions(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title="predictions")
+    table = _table("predictions")
     for column in ("image", "class", "probability"):
         table.add_column(column)
     for item in result["predictions"]:
@@ -219,6 +227,7 @@ class JobProgress:
         self.epochs: TaskID | None = None
         self.steps: TaskID | None = None
         self.status = ""
+        self.info = ""
 
     def __enter__(self) -> JobProgress:
         self.progress.__enter__()
@@ -243,8 +252,9 @@ class JobProgress:
             else:
                 self.progress.update(self.epochs, info=self.status)
         elif event.event == "progress" and self.epochs is not None and self.steps is not None:
+            done = self.progress.tasks[self.epochs].completed  # never backwards
             self.progress.update(
-                self.epochs, total=data["total_epochs"], completed=max(data["epoch"] - 1, 0)
+                self.epochs, total=data["total_epochs"], completed=max(data["epoch"] - 1, done)
             )
             self.progress.update(
                 self.steps,
@@ -253,7 +263,12 @@ class JobProgress:
                 description=f"epoch {data['epoch']}",
             )
         elif event.event == "metrics" and self.epochs is not None and self.steps is not None:
-            info = f"loss {data['train_loss']:.4f}  val acc {_pct(data['val_accuracy'])}"
-            self.progress.update(self.epochs, completed=data["epoch"], info=info)
-        elif event.event == "end" and self.epochs is not None:
-            self.progress.update(self.epochs, info=data["status"])
+            self.info = f"loss {data['train_loss']:.4f}  val acc {_pct(data['val_accuracy'])}"
+            self.progress.update(self.epochs, completed=data["epoch"], info=self.info)
+        elif event.event == "end" and self.epochs is not None and self.steps is not None:
+            self.progress.update(self.epochs, info=f"{self.info}  {data['status']}")
+            if data["status"] == "succeeded":  # the last step write may predate the last step
+                for task in (self.epochs, self.steps):
+                    self.progress.update(task, completed=self.progress.tasks[task].total)
+                total_epochs = data["progress"]["total_epochs"]
+                self.progress.update(self.steps, description=f"epoch {total_epochs}")
