@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         default=3, ge=1, description="a job whose worker died this many times is failed"
     )
     # Live job events (GET /v1/jobs/{id}/events): each open stream reads the job row and its new
-    # metric rows once per poll, two primary-key lookups, so a hundred watchers cost ~200 small
+    # metric rows once per poll, two indexed lookups, so a hundred watchers cost ~200 small
     # queries a second at the default.
     events_poll_s: float = Field(
         default=1.0, gt=0, le=60, description="how often an event stream looks for changes"
