@@ -63,3 +63,60 @@ def test_events_follow_a_real_job_to_its_end(embedded: Service, digits_zip):
         r = c.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "2"})
     again = read_events(r)
     assert [(e[0], e[1]) for e in again] == [("metrics", "3"), ("end", "3")]
+
+
+class DropFirstStream(httpx.HTTPTransport):
+    """The real transport, but the first event stream breaks off after its first metrics event
+    (as a restarting proxy or API process would cut it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stream_requests: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if not request.url.path.endswith("/events"):
+            return response
+        self.stream_requests.append(request.headers.get("last-event-id"))
+        if len(self.stream_requests) > 1:
+            return response
+        upstream = response.stream
+
+        class Cut(httpx.SyncByteStream):
+            def __iter__(self):
+                for chunk in upstream:
+                    yield chunk
+                    if b"event: metrics" in chunk:
+                        raise httpx.RemoteProtocolError("connection dropped")
+
+            def close(self) -> None:
+                upstream.close()
+
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=Cut(), request=request
+        )
+
+
+def test_the_client_resumes_a_dropped_stream_without_repeating_an_epoch(
+    embedded: Service, digits_zip
+):
+    from app.client import Client
+
+    transport = DropFirstStream()
+    path = digits_zip(classes=(0, 1), per_class=20, name="resume-stream.zip")
+    with Client(embedded.url, embedded.api_key, transport=transport) as client:
+        dataset = client.upload_dataset(path)
+        job = client.submit_job(
+            {
+                "strategy": "finetune", "base_model": "timm:test_resnet", "pretrained": False,
+                "dataset_id": dataset["id"],
+                "hyperparameters": {"epochs": 3, "image_size": 32, "batch_size": 4},
+            }
+        )  # fmt: skip
+        events = list(client.events(job["id"]))
+    assert events[-1].event == "end" and events[-1].data["status"] == "succeeded"
+    assert [e.data["epoch"] for e in events if e.event == "metrics"] == [1, 2, 3]
+    # Two requests: the first from the start, the second from the last epoch it had.
+    assert len(transport.stream_requests) == 2
+    assert transport.stream_requests[0] is None
+    assert transport.stream_requests[1] in ("1", "2", "3")
