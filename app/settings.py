@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         gt=0,
         description="an idle event stream sends a comment this often, so proxies keep it open",
     )
+    # uvicorn's graceful shutdown waits for every response to finish, and a stream finishes only
+    # with its job: one open dashboard tab held a stopping API process for as long as the job ran
+    # (measured: still up 40 s after SIGTERM). Streams close after this long instead; clients
+    # reconnect at once with Last-Event-ID and miss nothing.
+    events_max_s: float = Field(
+        default=15.0, gt=0, description="an event stream closes after this long; clients reconnect"
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -4,14 +4,17 @@ Any API process can serve any job's stream: the worker writes the job row (statu
 and one metrics row per epoch, and the stream polls those, in a thread (the database calls are
 synchronous and must not block the event loop). Events:
 
-- ``status``: the job view (``JobOut``) when the status changes while the job is not finished;
+- ``status``: the job view (``JobOut``) on connect and when the status changes, while the job
+  is not finished;
 - ``progress``: epoch, step and fraction done when they change while it runs;
 - ``metrics``: one epoch's metrics (``EpochMetricsOut``), once per epoch, in order;
 - ``end``: the final job view; the stream closes after it.
 
 Every event's ``id`` is the last epoch whose metrics the stream has sent. A client that
 reconnects with ``Last-Event-ID: <id>`` gets the current status and progress again and only the
-metrics of later epochs. An idle stream sends a comment line as a heartbeat.
+metrics of later epochs. An idle stream sends a comment line as a heartbeat. A stream also closes
+after ``max_s`` without an ``end`` event (a stopping API process waits for open responses), and
+clients reconnect with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -90,12 +93,14 @@ async def job_events(
     last_epoch: int = 0,
     poll_s: float = 1.0,
     heartbeat_s: float = 15.0,
+    max_s: float = 15.0,
 ) -> AsyncIterator[str]:
-    """SSE frames for ``job_id`` until it finishes (see the module docstring)."""
+    """SSE frames for ``job_id`` until it finishes or ``max_s`` passed (see the docstring)."""
     yield f"retry: {RETRY_MS}\n\n"
     status: str | None = None
     progress: tuple[int, ...] | None = None
     last_write = time.monotonic()
+    close_at = last_write + max_s
     while True:
         snapshot = await anyio.to_thread.run_sync(read_snapshot, db, job_id, last_epoch)
         if snapshot is None:  # deleted while watched (jobs are not deleted today)
@@ -125,4 +130,6 @@ async def job_events(
         elif now - last_write >= heartbeat_s:
             yield ": keep-alive\n\n"
             last_write = now
-        await anyio.sleep(poll_s)
+        if now >= close_at:
+            return  # without `end`: the client reconnects with Last-Event-ID
+        await anyio.sleep(min(poll_s, max(close_at - now, 0)))

@@ -147,12 +147,14 @@ def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
     dependencies=[require_scope("read")],
     description=(
         "Server-Sent Events (`text/event-stream`), read from the database, so any API process "
-        "serves any job. Events: `status` (the job, when its status changes), `progress` "
+        "serves any job. Events: `status` (the job, on connect and when its status changes), "
+        "`progress` "
         "(epoch, step, fraction), `metrics` (one per epoch, in order) and `end` (the final job; "
         "the stream then closes). Each event's `id` is the last epoch whose metrics were sent: "
         "reconnect with `Last-Event-ID` to get only later epochs. Idle streams send a "
-        "`: keep-alive` comment. Example: `curl -N -H 'Authorization: Bearer ...' "
-        "localhost:8000/v1/jobs/<id>/events`"
+        "`: keep-alive` comment. A stream also closes after `TRANSFERLAB_EVENTS_MAX_S` (15 s) "
+        "without `end`: reconnect with `Last-Event-ID` (EventSource does so by itself). "
+        "Example: `curl -N -H 'Authorization: Bearer ...' localhost:8000/v1/jobs/<id>/events`"
     ),
 )
 async def stream_job_events(
@@ -175,6 +177,7 @@ async def stream_job_events(
         last_epoch=last_event_id or 0,
         poll_s=settings.events_poll_s,
         heartbeat_s=settings.events_heartbeat_s,
+        max_s=settings.events_max_s,
     )
     # no-transform and X-Accel-Buffering: proxies (nginx) must pass each event on at once.
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}

@@ -177,8 +177,9 @@ class Client:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
     def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
-        """The job's live events until its ``end`` event. A dropped connection is resumed with
-        ``Last-Event-ID`` after the server's retry delay, so no epoch is missed or repeated."""
+        """The job's live events until its ``end`` event. A stream the server closed is resumed
+        with ``Last-Event-ID`` at once, a dropped one after the server's retry delay, so no epoch
+        is missed or repeated (``status`` and ``progress`` are sent again on each connect)."""
         retry_s = 2.0
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -200,8 +201,11 @@ class Client:
                         yield item
                         if item.event == "end":
                             return
+                # The server closes long streams without `end` (TRANSFERLAB_EVENTS_MAX_S) so
+                # that it can restart: resume at once.
+                continue
             except httpx.TransportError:
-                pass  # the connection dropped (a restart, a proxy): resume below
+                pass  # the connection dropped (a restart, a proxy): resume after a pause
             time.sleep(retry_s)
 
     def wait(

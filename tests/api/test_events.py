@@ -157,3 +157,16 @@ def test_a_cancelled_queued_job_ends_its_stream(client, job_id):
     events = parse(client.get(f"/v1/jobs/{job_id}/events").text)
     assert [e.get("event") for e in events] == [None, "end"]
     assert events[-1]["data"]["status"] == "cancelled"
+
+
+def test_a_stream_closes_after_max_s_and_resumes_where_it_stopped(client, db, job_id):
+    async def collect(**kwargs) -> str:
+        return "".join([c async for c in job_events(db, job_id, poll_s=0.02, **kwargs)])
+
+    # A queued job: the stream gives its status, then closes after max_s without `end`.
+    first = parse(anyio.run(lambda: collect(max_s=0.2)))
+    assert [e.get("event") for e in first] == [None, "status"]
+    # The job runs two epochs meanwhile; the next connection, after epoch 1, sends the rest.
+    run_worker(db, job_id, epochs=2)
+    second = parse(anyio.run(lambda: collect(last_epoch=1, max_s=0.2)))
+    assert [(e.get("event"), e.get("id")) for e in second[1:]] == [("metrics", "2"), ("end", "2")]

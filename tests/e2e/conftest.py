@@ -151,6 +151,9 @@ def embedded(tmp_path_factory) -> Iterator[Service]:
         # Step progress and event polls often enough that a job of a few seconds shows them.
         TRANSFERLAB_PROGRESS_INTERVAL_S="0.1",
         TRANSFERLAB_EVENTS_POLL_S="0.1",
+        # Streams close every 3 s (as they do every 15 s by default), so the CLI, client and
+        # dashboard tests reconnect with Last-Event-ID while their jobs run.
+        TRANSFERLAB_EVENTS_MAX_S="3",
         TRANSFERLAB_TORCH_THREADS="1",
         # No hub here: a job that asks for published weights fails at once (the CLI test's
         # failing job), instead of after the hub client's retries.

@@ -79,8 +79,9 @@ export async function download(path, fallbackName) {
 }
 
 // Server-Sent Events read with fetch(), which sends the Authorization header (EventSource
-// cannot). Reconnects with Last-Event-ID after a drop; returns after the `end` event or when
-// `signal` aborts.
+// cannot). Reconnects with Last-Event-ID: at once when the server closed the stream (it does
+// every TRANSFERLAB_EVENTS_MAX_S), after `retry` ms when it dropped; returns after the `end`
+// event or when `signal` aborts.
 export async function streamEvents(path, onEvent, signal) {
   let lastId = null;
   let retry = 2000;
@@ -117,6 +118,7 @@ export async function streamEvents(path, onEvent, signal) {
           if (event.event === "end") return;
         }
       }
+      continue; // closed by the server without `end`: resume at once
     } catch (error) {
       if (signal.aborted || error instanceof ApiError) throw error;
     }
