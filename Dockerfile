@@ -25,6 +25,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
+COPY transferlab ./transferlab
 # Installed as root and left owned by root: the service user can run the code, not change it.
 # --no-log-init: useradd would otherwise write a sparse lastlog entry sized by the uid.
 RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} . \

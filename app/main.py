@@ -16,6 +16,7 @@ from app.api import catalog, datasets, health, jobs, keys, models
 from app.api.auth import ApiKeyAuth, KeyCache, check_route_scopes, require_scope
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
+from app.api.openapi import check_operation_ids, install_openapi, operation_id
 from app.api.schemas.common import error_responses
 from app.db.repositories import datasets as datasets_repo
 from app.db.session import Database
@@ -26,6 +27,7 @@ from app.services import keys as key_service
 from app.serving.cache import ModelCache
 from app.settings import Settings, get_settings
 from app.storage.sweep import sweep_leftovers
+from app.ui import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from local assets by install_observability
         redoc_url=None,
+        # operationIds are the route functions' names (create_job, not create_job_v1_jobs_post):
+        # generated clients get readable method names.
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.db = db
@@ -81,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app, settings, dependencies=[require_scope("read")], responses=error_responses()
     )
     check_route_scopes(app)  # fails now if a /v1 route declares no scope
+    check_operation_ids(app)  # ... or if two routes would share an operationId
+    install_openapi(app)
+    install_ui(app)  # static pages at /ui; the /v1 calls they make carry the user's key
 
     # Starlette runs the middleware added last first. Outermost to innermost: observability
     # (installed above), host check, CORS (preflights carry no key), the API key check (before

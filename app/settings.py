@@ -113,6 +113,24 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(
         default=3, ge=1, description="a job whose worker died this many times is failed"
     )
+    # Live job events (GET /v1/jobs/{id}/events): each open stream reads the job row and its new
+    # metric rows once per poll, two indexed lookups, so a hundred watchers cost ~200 small
+    # queries a second at the default.
+    events_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often an event stream looks for changes"
+    )
+    events_heartbeat_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="an idle event stream sends a comment this often, so proxies keep it open",
+    )
+    # uvicorn's graceful shutdown waits for every response to finish, and a stream finishes only
+    # with its job: one open dashboard tab held a stopping API process for as long as the job ran
+    # (measured: still up 40 s after SIGTERM). Streams close after this long instead; clients
+    # reconnect at once with Last-Event-ID and miss nothing.
+    events_max_s: float = Field(
+        default=15.0, gt=0, description="an event stream closes after this long; clients reconnect"
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -48,6 +48,7 @@ def get_model_cache(request: Request) -> ModelCache:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]

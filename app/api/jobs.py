@@ -1,19 +1,23 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
-from fastapi.responses import FileResponse, JSONResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.api.auth import require_scope
 from app.api.deps import (
     CurrentPrincipal,
+    DatabaseDep,
     IdempotencyKey,
     QueueDep,
     SessionDep,
     SettingsDep,
     ValidJob,
 )
+from app.api.events import EVENTS_EXAMPLE, job_events
 from app.api.idempotent import IdempotentCreate
-from app.api.schemas.common import MAX_OFFSET, Page, error_responses
+from app.api.schemas.common import MAX_OFFSET, ZIP_RESPONSE, Page, error_responses
 from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobOut
 from app.db.models import Job
 from app.db.repositories import jobs as repo
@@ -112,9 +116,63 @@ def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
 
 
 @router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    response_model=None,
+    responses={
+        200: {
+            "description": "Server-Sent Events until the job ends",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": EVENTS_EXAMPLE}
+            },
+        },
+        **error_responses(404, 422),
+    },
+    summary="Live events of a job: status, step progress, each epoch's metrics, its end",
+    dependencies=[require_scope("read")],
+    description=(
+        "Server-Sent Events (`text/event-stream`), read from the database, so any API process "
+        "serves any job. Events: `status` (the job, on connect and when its status changes), "
+        "`progress` "
+        "(epoch, step, fraction), `metrics` (one per epoch, in order) and `end` (the final job; "
+        "the stream then closes). Each event's `id` is the last epoch whose metrics were sent: "
+        "reconnect with `Last-Event-ID` to get only later epochs. Idle streams send a "
+        "`: keep-alive` comment. A stream also closes after `TRANSFERLAB_EVENTS_MAX_S` (15 s) "
+        "without `end`: reconnect with `Last-Event-ID` (EventSource does so by itself). "
+        "Example: `curl -N -H 'Authorization: Bearer ...' localhost:8000/v1/jobs/<id>/events`"
+    ),
+)
+async def stream_job_events(
+    job: ValidJob,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=1_000_000,
+            description="the `id` of the last event received: resume after it",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    stream = job_events(
+        db,
+        job.id,
+        last_epoch=last_event_id or 0,
+        poll_s=settings.events_poll_s,
+        heartbeat_s=settings.events_heartbeat_s,
+        max_s=settings.events_max_s,
+    )
+    # no-transform and X-Accel-Buffering: proxies (nginx) must pass each event on at once.
+    headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+@router.get(
     "/{job_id}/features",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}}, **error_responses(404, 409)},
+    responses={200: ZIP_RESPONSE, **error_responses(404, 409)},
     summary="Download the embeddings of an extract_features job",
     dependencies=[require_scope("read")],
     description=(

@@ -5,7 +5,7 @@ from fastapi.responses import FileResponse
 
 from app.api.auth import require_scope
 from app.api.deps import ModelCacheDep, SessionDep, SettingsDep, ValidModel
-from app.api.schemas.common import MAX_OFFSET, Page, error_responses
+from app.api.schemas.common import MAX_OFFSET, ZIP_RESPONSE, Page, error_responses
 from app.api.schemas.models import ClassScore, ImagePrediction, ModelOut, PredictionOut
 from app.db.repositories import models as repo
 from app.errors import PayloadTooLarge
@@ -48,7 +48,7 @@ def get_model(model: ValidModel) -> ModelOut:
 @router.get(
     "/{model_id}/download",
     response_class=FileResponse,
-    responses={200: {"content": {"application/zip": {}}}, **error_responses(404)},
+    responses={200: ZIP_RESPONSE, **error_responses(404)},
     summary="Download the model: model.safetensors + model.json (architecture, classes, "
     "preprocessing) in a zip",
     dependencies=[require_scope("read")],

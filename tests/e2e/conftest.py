@@ -4,6 +4,7 @@ from tests/services.py)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,6 +120,48 @@ def start_stack(postgres_url: str, redis_url: str, root: Path, **extra_env: str)
         service.stop()
         raise
     return service
+
+
+def start_serve(tmp_path, **extra_env: str) -> tuple[Service, str, int]:
+    """`transferlab serve` on a fresh data folder: the service, its start-up banner, and the pid
+    of the worker it started."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
+    env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
+    env |= extra_env
+    port = free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    serve = start([str(BIN / "transferlab"), "serve", "--port", str(port)], env, logs / "serve.log")
+    service = Service(url=f"http://127.0.0.1:{port}", env=env, logs=logs, processes=[serve])
+    try:
+        wait_ready(service.url, [serve], service.log_text)
+    except BaseException:
+        stop(serve)
+        raise
+    banner = (logs / "serve.log").read_text()
+    return service, banner, int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory) -> Iterator[Service]:
+    """One `transferlab serve` (SQLite, folder broker, one worker) shared by the client, CLI and
+    dashboard tests, with the admin key it printed on its first start."""
+    service, banner, _ = start_serve(
+        tmp_path_factory.mktemp("embedded"),
+        # Step progress and event polls often enough that a job of a few seconds shows them.
+        TRANSFERLAB_PROGRESS_INTERVAL_S="0.1",
+        TRANSFERLAB_EVENTS_POLL_S="0.1",
+        # Streams close every 3 s (as they do every 15 s by default), so the CLI, client and
+        # dashboard tests reconnect with Last-Event-ID while their jobs run.
+        TRANSFERLAB_EVENTS_MAX_S="3",
+        TRANSFERLAB_TORCH_THREADS="1",
+        # No hub here: a job that asks for published weights fails at once (the CLI test's
+        # failing job), instead of after the hub client's retries.
+        HF_HUB_OFFLINE="1",
+    )
+    service.api_key = re.search(r"^  (tl_\S+)$", banner, re.MULTILINE).group(1)
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,37 +11,9 @@ import zipfile
 import httpx
 import pytest
 
-from tests.e2e.conftest import (
-    BIN,
-    Service,
-    free_port,
-    start,
-    stop,
-    upload_file,
-    wait_for_job,
-    wait_ready,
-)
+from tests.e2e.conftest import start_serve, stop, upload_file, wait_for_job
 
 pytestmark = pytest.mark.e2e
-
-
-def start_serve(tmp_path) -> tuple[Service, str, int]:
-    """`transferlab serve` on a fresh data folder: the service, its start-up banner, and the pid
-    of the worker it started."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
-    env |= {"TRANSFERLAB_DATA_DIR": str(tmp_path / "data"), "TRANSFERLAB_LOADER_WORKERS": "0"}
-    port = free_port()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    serve = start([str(BIN / "transferlab"), "serve", "--port", str(port)], env, logs / "serve.log")
-    service = Service(url=f"http://127.0.0.1:{port}", env=env, logs=logs, processes=[serve])
-    try:
-        wait_ready(service.url, [serve], service.log_text)
-    except BaseException:
-        stop(serve)
-        raise
-    banner = (logs / "serve.log").read_text()
-    return service, banner, int(re.search(r"worker:\s+pid (\d+)", banner).group(1))
 
 
 def test_serve_runs_the_whole_loop_without_services(tmp_path, digits_zip):

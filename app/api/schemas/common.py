@@ -57,6 +57,13 @@ class ErrorResponse(BaseModel):
     )
 
 
+# A download: the zip's bytes (generated clients hand them back as a file, not as text).
+ZIP_RESPONSE: dict[str, Any] = {
+    "description": "a zip archive",
+    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
 def error_responses(*codes: int, auth: bool = True) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses an endpoint can return (with ``auth``, also 401 and
     403, which every endpoint that needs a key can return)."""

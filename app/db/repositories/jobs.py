@@ -177,7 +177,9 @@ def add_metric(session: Session, metric: JobMetric) -> None:
     session.flush()
 
 
-def metrics(session: Session, job_id: uuid.UUID) -> Sequence[JobMetric]:
+def metrics(session: Session, job_id: uuid.UUID, after_epoch: int = 0) -> Sequence[JobMetric]:
     return session.scalars(
-        select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.epoch > after_epoch)
+        .order_by(JobMetric.epoch)
     ).all()

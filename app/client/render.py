@@ -1,0 +1,274 @@
+"""How the CLI shows the API's answers in a terminal: rich tables and progress bars."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from app.client.sse import Event
+
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def _status(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def _when(value: str | None) -> str:
+    # 2026-11-29T10:00:01.5Z -> 2026-11-29 10:00 (UTC): short enough for an 80-column table.
+    return value.replace("T", " ")[:16] if value else "-"
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+
+
+@contextmanager
+def upload_progress(console: Console, path: Path) -> Iterator[Callable[[int, int], None]]:
+    """A bar of bytes sent; the server then checks every image (a spinner-less wait)."""
+    with Progress(
+        TextColumn("uploading [bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(path.name, total=path.stat().st_size)
+
+        def update(sent: int, total: int) -> None:
+            progress.update(task, completed=sent, total=total)
+            if sent >= total:
+                progress.update(task, description=f"{path.name} (checking images)")
+
+        yield update
+
+
+def dataset(console: Console, ds: dict[str, Any]) -> None:
+    console.print(
+        f"dataset [bold]{ds['name']}[/bold] {ds['id']}: {ds['num_images']} images, "
+        f"{ds['num_classes']} classes, {ds['format']}, {ds['size_bytes']:,} bytes"
+    )
+    report = ds.get("report") or {}
+    splits: dict[str, dict[str, int]] = report.get("splits") or {}
+    table = _table("images per class")
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for name in report.get("classes") or []:
+        table.add_row(name, *(str(splits[s].get(name, 0)) for s in splits))
+    console.print(table)
+    rejected = report.get("rejected") or []
+    if rejected:
+        skipped = _table(f"{len(rejected)} files skipped")
+        skipped.add_column("path")
+        skipped.add_column("reason")
+        for item in rejected[:50]:
+            skipped.add_row(item["path"], item["reason"])
+        console.print(skipped)
+        if len(rejected) > 50:
+            console.print(f"... and {len(rejected) - 50} more (--json lists them all)")
+
+
+def datasets(console: Console, page: dict[str, Any]) -> None:
+    table = _table(f"datasets ({page['total']})")
+    table.add_column("id", no_wrap=True, min_width=36)  # whole: it is what the user copies
+    for column in ("name", "images", "classes", "created"):
+        table.add_column(column)
+    for ds in page["items"]:
+        table.add_row(
+            ds["id"], ds["name"], str(ds["num_images"]), str(ds["num_classes"]),
+            _when(ds["created_at"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def job(console: Console, j: dict[str, Any]) -> None:
+    p = j["progress"]
+    console.print(
+        f"job [bold]{j['id']}[/bold] {_status(j['status'])}: {j['strategy']} on "
+        f"{j['base_model']}, epoch {p['epoch']}/{p['total_epochs']} ({p['fraction']:.0%})"
+    )
+    latest = j.get("latest_metrics") or {}
+    if latest:
+        console.print(
+            f"  val accuracy {_pct(latest.get('val_accuracy'))}, "
+            f"train loss {latest.get('train_loss', float('nan')):.4f}"
+        )
+    if j.get("error"):
+        console.print(f"  [red]{j.get('error_code')}[/red]: {j['error']}")
+    if j.get("model_id"):
+        console.print(f"  model [bold]{j['model_id']}[/bold]")
+
+
+def jobs(console: Console, page: dict[str, Any]) -> None:
+    table = _table(f"jobs ({page['total']})")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("status", "strategy", "base model", "progress", "val acc"):
+        table.add_column(column)
+    for j in page["items"]:
+        latest = j.get("latest_metrics") or {}
+        table.add_row(
+            j["id"], _status(j["status"]), j["strategy"], j["base_model"],
+            f"{j['progress']['fraction']:.0%}", _pct(latest.get("val_accuracy")),
+        )  # fmt: skip
+    console.print(table)
+
+
+def metrics_table(console: Console, epochs: list[dict[str, Any]]) -> None:
+    if not epochs:
+        return
+    table = _table("per epoch")
+    for column in ("epoch", "phase", "train loss", "val loss", "val acc", "lr", "img/s", "s"):
+        table.add_column(column, justify="right")
+    for m in epochs:
+        table.add_row(
+            str(m["epoch"]), m["phase"], f"{m['train_loss']:.4f}", f"{m['val_loss']:.4f}",
+            _pct(m["val_accuracy"]), f"{m['learning_rate']:.2g}",
+            f"{m['images_per_second']:.0f}", f"{m['seconds']:.1f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+def models(console: Console, page: dict[str, Any]) -> None:
+    table = _table(f"model versions ({page['total']})")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for column in ("name", "version", "strategy", "base model", "val acc"):
+        table.add_column(column)
+    for m in page["items"]:
+        table.add_row(
+            m["id"], m["name"], str(m["version"]), m["strategy"], m["base_model"],
+            _pct(m["metrics"].get("val_accuracy")),
+        )  # fmt: skip
+    console.print(table)
+
+
+def model(console: Console, m: dict[str, Any]) -> None:
+    metrics = m.get("metrics") or {}
+    console.print(
+        f"model [bold]{m['name']} v{m['version']}[/bold] {m['id']}: {m['strategy']} on "
+        f"{m['base_model']}, val accuracy {_pct(metrics.get('val_accuracy'))} "
+        f"({metrics.get('num_val_images', '?')} images)"
+    )
+    console.print(f"  lineage: dataset {m['dataset_id']} -> job {m['job_id']} -> this version")
+    if m.get("parent_id"):
+        console.print(f"  started from model {m['parent_id']}")
+    classes = m["class_names"]
+    per_class = metrics.get("per_class_accuracy") or {}
+    matrix = metrics.get("confusion_matrix") or []
+    table = _table("per class (rows: true class, columns: predicted)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    show_matrix = bool(matrix) and len(classes) <= 12  # wider matrices do not fit a terminal
+    if show_matrix:
+        for i in range(len(classes)):
+            table.add_column(str(i), justify="right")
+    for i, name in enumerate(classes):
+        cells = [str(v) for v in matrix[i]] if show_matrix else []
+        table.add_row(f"{i} {name}" if show_matrix else name, _pct(per_class.get(name)), *cells)
+    console.print(table)
+
+
+def predictions(console: Console, result: dict[str, Any]) -> None:
+    table = _table("predictions")
+    for column in ("image", "class", "probability"):
+        table.add_column(column)
+    for item in result["predictions"]:
+        for rank, score in enumerate(item["top_k"]):
+            table.add_row(
+                item["filename"] if rank == 0 else "",
+                f"[bold]{score['label']}[/bold]" if rank == 0 else score["label"],
+                f"{score['probability']:.3f}",
+            )
+    console.print(table)
+
+
+class JobProgress:
+    """Two live bars from the job's events: epochs, and steps of the current epoch with the last
+    epoch's loss and accuracy; rich estimates the time left from their rates."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description:<8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.epochs: TaskID | None = None
+        self.steps: TaskID | None = None
+        self.status = ""
+        self.info = ""
+
+    def __enter__(self) -> JobProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
+
+    def update(self, event: Event) -> None:
+        data = event.data
+        if event.event == "status":
+            self.status = data["status"]
+            if self.epochs is None:
+                total = data["progress"]["total_epochs"] or None
+                self.epochs = self.progress.add_task("epochs", total=total, info=self.status)
+                self.steps = self.progress.add_task("steps", total=None, info="")
+            else:
+                self.progress.update(self.epochs, info=self.status)
+        elif event.event == "progress" and self.epochs is not None and self.steps is not None:
+            done = self.progress.tasks[self.epochs].completed  # never backwards
+            self.progress.update(
+                self.epochs, total=data["total_epochs"], completed=max(data["epoch"] - 1, done)
+            )
+            self.progress.update(
+                self.steps,
+                total=data["total_steps"],
+                completed=data["step"],
+                description=f"epoch {data['epoch']}",
+            )
+        elif event.event == "metrics" and self.epochs is not None and self.steps is not None:
+            self.info = f"loss {data['train_loss']:.4f}  val acc {_pct(data['val_accuracy'])}"
+            self.progress.update(self.epochs, completed=data["epoch"], info=self.info)
+        elif event.event == "end" and self.epochs is not None and self.steps is not None:
+            self.progress.update(self.epochs, info=f"{self.info}  {data['status']}")
+            if data["status"] == "succeeded":  # the last step write may predate the last step
+                for task in (self.epochs, self.steps):
+                    self.progress.update(task, completed=self.progress.tasks[task].total)
+                total_epochs = data["progress"]["total_epochs"]
+                self.progress.update(self.steps, description=f"epoch {total_epochs}")

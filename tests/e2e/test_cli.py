@@ -1,0 +1,113 @@
+"""`transferlab datasets | jobs | models` against a real `transferlab serve`: the walk-through
+without curl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+
+import pytest
+
+from tests.e2e.conftest import BIN, Service
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(service: Service, *args: str, key: str | None = None, url: str | None = None):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TRANSFERLAB_URL": url or service.url,
+        "TRANSFERLAB_API_KEY": service.api_key if key is None else key,
+        "COLUMNS": "160",
+    }
+    return subprocess.run(
+        [str(BIN / "transferlab"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"rc {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+TRAIN = ["--base-model", "timm:test_resnet", "--no-pretrained", "--image-size", "32"]
+
+
+def test_the_walk_through_with_the_cli(embedded: Service, digits_zip, tmp_path):
+    extra = {"digit_2/broken.png": b"not an image"}
+    path = digits_zip(classes=(0, 1, 2), per_class=12, extra=extra, name="cli.zip")
+
+    # Upload: a progress bar on stderr, then the report as tables.
+    out = ok(cli(embedded, "datasets", "upload", str(path), "--name", "cli-digits"))
+    assert "images per class" in out and "digit_2" in out
+    assert "1 files skipped" in out and "digit_2/broken.png" in out
+    dataset = json.loads(ok(cli(embedded, "datasets", "list", "--json")))["items"][0]
+    assert dataset["name"] == "cli-digits" and dataset["num_classes"] == 3
+
+    # Submit and wait: live bars on stderr, the final job on stdout, exit 0.
+    result = cli(
+        embedded, "jobs", "submit", "--dataset", dataset["id"], *TRAIN,
+        "--epochs", "2", "--batch-size", "8", "--set", "augmentation=none", "--wait",
+    )  # fmt: skip
+    out = ok(result)
+    assert "succeeded" in out and "model" in out
+    assert "epochs" in result.stderr and "submitted job" in result.stderr
+    jobs = json.loads(ok(cli(embedded, "jobs", "list", "--json")))["items"]
+    job = jobs[0]
+    assert job["status"] == "succeeded"
+    assert job["spec"]["hyperparameters"]["augmentation"] == "none"
+    out = ok(cli(embedded, "jobs", "show", job["id"]))
+    assert "per epoch" in out and "val acc" in out
+    shown = json.loads(ok(cli(embedded, "jobs", "show", job["id"], "--json")))
+    assert [m["epoch"] for m in shown["metrics"]] == [1, 2]
+
+    # The model: list, show (per-class table with the confusion matrix), download, predict.
+    model_id = job["model_id"]
+    models = json.loads(ok(cli(embedded, "models", "list", "--json")))["items"]
+    assert model_id in [m["id"] for m in models]
+    out = ok(cli(embedded, "models", "show", model_id))
+    assert "per class" in out and "lineage" in out and dataset["id"] in out
+    out = ok(cli(embedded, "models", "download", model_id, "-o", str(tmp_path)))
+    saved = next(tmp_path.glob("*.zip"))
+    assert str(saved) in out.replace("\n", "")
+    assert "model.safetensors" in zipfile.ZipFile(saved).namelist()
+    image = tmp_path / "two.png"
+    image.write_bytes(zipfile.ZipFile(path).read("digit_2/000.png"))
+    result = json.loads(
+        ok(cli(embedded, "models", "predict", model_id, str(image), "--top-k", "2", "--json"))
+    )
+    assert result["predictions"][0]["filename"] == "two.png"
+    assert len(result["predictions"][0]["top_k"]) == 2
+    assert "predictions" in ok(cli(embedded, "models", "predict", model_id, str(image)))
+
+    # --wait --json: only the final job on stdout, for scripts.
+    result = cli(
+        embedded, "jobs", "submit", "--dataset", dataset["id"], *TRAIN, "--epochs", "1",
+        "--wait", "--json",
+    )  # fmt: skip
+    final = json.loads(ok(result))
+    assert final["status"] == "succeeded" and final["model_id"]
+
+
+def test_a_failed_job_exits_non_zero_with_its_error(embedded: Service, digits_zip):
+    path = digits_zip(classes=(0, 1), per_class=6, name="cli-fail.zip")
+    dataset = json.loads(ok(cli(embedded, "datasets", "upload", str(path), "--json")))
+    # The server has no access to the hub (HF_HUB_OFFLINE): published weights cannot load.
+    result = cli(
+        embedded, "jobs", "submit", "--dataset", dataset["id"], "--base-model",
+        "timm:test_resnet", "--pretrained", "--epochs", "1", "--wait",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "job failed" in result.stderr
+    assert "pretrained_weights_unavailable" in result.stderr
+
+
+def test_errors_say_what_to_do(embedded: Service):
+    result = cli(embedded, "jobs", "list", key="")
+    assert result.returncode == 2
+    assert "unauthenticated" in result.stderr and "TRANSFERLAB_API_KEY" in result.stderr
+    result = cli(embedded, "jobs", "show", "00000000-0000-0000-0000-000000000000")
+    assert result.returncode == 2 and "job_not_found" in result.stderr
+    result = cli(embedded, "jobs", "list", url="http://127.0.0.1:9")
+    assert result.returncode == 3 and "cannot reach the API" in result.stderr
