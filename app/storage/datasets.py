@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,13 +32,17 @@ from app.storage.archive import (
     extract_archive,
     safe_parts,
 )
-from app.storage.images import check_image_file
+from app.storage.duplicates import Fingerprinter
+from app.storage.images import ImageRejected, open_image
+from app.storage.report import DEDUPE_MODES, Dedupe, ImageInfo, analyze
 
 __all__ = [
+    "DEDUPE_MODES",
     "DatasetCorrupt",
     "DatasetManifest",
     "DatasetRejected",
     "DatasetReport",
+    "Dedupe",
     "IngestLimits",
     "ingest_archive",
     "load_manifest",
@@ -93,6 +97,13 @@ class DatasetReport:
     rejected: list[dict[str, str]]  # [{"path": <path inside archive>, "reason": ...}]
     num_images: int
     total_bytes: int  # bytes of accepted images on disk
+    # app.storage.report: duplicate groups, train/val leakage, what dedupe removed, size/mode
+    # histograms and class balance, and warnings ({code, message, count, examples}).
+    duplicates: dict[str, Any] = field(default_factory=dict)
+    leakage: dict[str, Any] = field(default_factory=dict)
+    dedupe: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,15 +123,25 @@ class DatasetCorrupt(ServiceError):
     code = "dataset_corrupt"
 
 
-def ingest_archive(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> DatasetReport:
+def ingest_archive(
+    archive_path: Path,
+    dest_dir: Path,
+    limits: IngestLimits,
+    *,
+    dedupe: Dedupe = "none",
+    analyze: bool = True,
+) -> DatasetReport:
     """Extract, validate and lay out the archive in ``dest_dir``; return the report.
 
-    ``dest_dir`` must not exist. On any failure it is removed again and the error re-raised
-    (``DatasetRejected`` for everything the uploader can fix).
+    ``dedupe`` drops exact or near copies within a split and class (``app.storage.report``);
+    ``analyze=False`` leaves duplicates, leakage and statistics out of the report (for
+    benchmarks that measure what they cost). ``dest_dir`` must not exist. On any failure it is
+    removed again and the error re-raised (``DatasetRejected`` for everything the uploader can
+    fix).
     """
     dest_dir.mkdir(parents=True)  # FileExistsError before we own it: never delete someone's dir
     try:
-        return _ingest(archive_path, dest_dir, limits)
+        return _ingest(archive_path, dest_dir, limits, dedupe, analyze)
     except BaseException:
         shutil.rmtree(dest_dir, ignore_errors=True)
         if dest_dir.exists():
@@ -153,13 +174,22 @@ def load_manifest(dataset_dir: Path) -> DatasetManifest:
 # -- the steps ---------------------------------------------------------------------------------
 
 
-def _ingest(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> DatasetReport:
+def _ingest(
+    archive_path: Path, dest_dir: Path, limits: IngestLimits, dedupe: Dedupe, analyzed: bool
+) -> DatasetReport:
+    if dedupe not in DEDUPE_MODES:
+        raise ValueError(f"dedupe must be one of {DEDUPE_MODES}, not {dedupe!r}")
     staging = dest_dir / _STAGING
     staging.mkdir()
     extraction = extract_archive(archive_path, staging, limits.archive_limits(), _skip_early)
-    placed = _Layout.of(extraction).place(dest_dir, limits.max_image_pixels)
+    placed = _Layout.of(extraction).place(dest_dir, limits.max_image_pixels, analyzed)
     shutil.rmtree(staging)
-    report = placed.report(extraction.format)
+    sections: dict[str, Any] = {}
+    if analyzed:
+        analysis = analyze(placed.infos, placed.prints, dedupe)
+        placed.drop([placed.infos[i].rel for i in analysis.drop], dest_dir)
+        sections = analysis.sections
+    report = placed.report(extraction.format, sections)
     _write_manifest(dest_dir, placed, report)
     return report
 
@@ -186,8 +216,18 @@ class _Placed:
     train: list[tuple[str, str, StagedFile]]  # (relpath, class, file)
     val: list[tuple[str, str, StagedFile]]
     rejected: list[dict[str, str]]
+    infos: list[ImageInfo]  # of train + val, in the order they were placed
+    prints: list  # their Fingerprints, when analysed
 
-    def report(self, fmt: str) -> DatasetReport:
+    def drop(self, rels: list[str], dest_dir: Path) -> None:
+        """Remove these placed images (dedupe) from disk and from the lists."""
+        gone = set(rels)
+        for rel in gone:
+            (dest_dir / rel).unlink()
+        self.train = [t for t in self.train if t[0] not in gone]
+        self.val = [t for t in self.val if t[0] not in gone]
+
+    def report(self, fmt: str, sections: dict[str, Any]) -> DatasetReport:
         accepted = self.train + self.val
         digest = hashlib.sha256()
         # JSON keeps the encoding unambiguous whatever characters the paths hold.
@@ -204,6 +244,7 @@ class _Placed:
             rejected=sorted(self.rejected, key=lambda r: (r["path"], r["reason"])),
             num_images=len(accepted),
             total_bytes=sum(f.size for _, _, f in accepted),
+            **sections,
         )
 
 
@@ -270,27 +311,40 @@ class _Layout:
         where = self.destination(safe_parts(name))
         return where[1] if not isinstance(where, str) and where[0] == "train" else None
 
-    def place(self, dest_dir: Path, max_pixels: int) -> _Placed:
+    def place(self, dest_dir: Path, max_pixels: int, analyzed: bool) -> _Placed:
         rejected = list(self.extraction.skipped)
         kept: dict[str, list[tuple[str, str, StagedFile]]] = {"train": [], "val": []}
+        infos: list[ImageInfo] = []
+        prints = Fingerprinter()
         taken: set[str] = set()
         root = dest_dir.resolve()
         for f in self.extraction.files:
             where = self.destination(f.parts)
+            img = None
             if isinstance(where, str):
                 reason: str | None = where
+            elif where[2] in taken:
+                reason = "a file with the same path came earlier in the archive"
             else:
-                split, cls, rel = where
-                if rel in taken:
-                    reason = "a file with the same path came earlier in the archive"
+                # Decoded once: the check, the statistics and the fingerprint share the pixels.
+                try:
+                    img = open_image(f.path, max_pixels)
+                except ImageRejected as exc:
+                    reason = exc.message
                 else:
-                    reason = check_image_file(f.path, max_pixels) or _move(
-                        f.path, dest_dir / rel, root
-                    )
-            if reason is not None:
+                    reason = _move(f.path, dest_dir / where[2], root)
+            if reason is not None or img is None:
+                if img is not None:
+                    img.close()
                 f.path.unlink(missing_ok=True)
-                rejected.append({"path": f.name, "reason": reason})
+                rejected.append({"path": f.name, "reason": reason or "not placed"})
                 continue
+            assert not isinstance(where, str)  # a reason was set otherwise
+            split, cls, rel = where
+            with img:
+                infos.append(ImageInfo(rel, split, cls, f.sha256, img.width, img.height, img.mode))
+                if analyzed:
+                    prints.add(img)
             taken.add(rel)
             kept[split].append((rel, cls, f))
         placed = _Placed(
@@ -299,6 +353,8 @@ class _Layout:
             train=sorted(kept["train"], key=lambda t: t[0]),
             val=sorted(kept["val"], key=lambda t: t[0]),
             rejected=rejected,
+            infos=infos,
+            prints=prints.finish() if analyzed else [],
         )
         self._check_usable(placed)
         return placed
