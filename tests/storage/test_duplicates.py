@@ -172,14 +172,20 @@ def test_unknown_dedupe_mode_is_a_programming_error(tmp_path: Path, dest: Path) 
     assert not dest.exists()
 
 
-def test_phash_is_imagehash_phash() -> None:
+def test_phash_agrees_with_imagehash_phash() -> None:
+    """The batched pHash is imagehash's but for Pillow's 8-bit rounding and clipping inside its
+    resize: the two hashes stay within a few of 256 bits, far inside MAX_DISTANCE."""
     fp = Fingerprinter()
-    images = [digit(i) for i in range(20)] + [digit(5).resize((100, 37)).convert("RGB")]
+    images = [digit(i) for i in range(30)]
+    images += [digit(5).resize((100, 37)).convert("RGB"), digit(6).resize((300, 280))]
     for img in images:
         fp.add(img)
+    distances = []
     for img, got in zip(images, fp.finish(), strict=True):
-        expected = np.packbits(imagehash.phash(img, hash_size=16).hash).tobytes()
-        assert got.phash == expected
+        expected = np.packbits(imagehash.phash(img, hash_size=16).hash)
+        distances.append(int(np.unpackbits(np.frombuffer(got.phash, np.uint8) ^ expected).sum()))
+    assert np.median(distances) <= 6 and max(distances) <= 12, distances
+    assert distances[-1] == 0  # over 256 px: Pillow makes the 64x64 thumbnail, as imagehash does
 
 
 def test_content_hash_ignores_a_cropped_border() -> None:
