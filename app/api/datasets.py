@@ -29,7 +29,12 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     dependencies=[require_scope("train")],
     description=(
         "A .zip, .tar or .tar.gz with one folder per class, optionally under `train/` and "
-        "`val/`. Every image is checked; bad files are skipped and listed in `report.rejected`. "
+        "`val/`; or with a `labels.csv` (`path,label[,split]`, paths relative to it) instead of "
+        "class folders, refused with row-numbered errors (`manifest_invalid`) if a row is wrong. "
+        "Every image is checked; bad files are skipped and listed in `report.rejected`. "
+        "The report also holds exact and near duplicates (`report.duplicates`), validation "
+        "images with a copy in train (`report.leakage`), size and mode histograms and class "
+        "balance (`report.statistics`), and `report.warnings`. "
         "Unsafe archives (`..` or absolute paths, links, devices, archive bombs) are refused "
         "whole. Example: `curl -F file=@pets.zip -F name=pets localhost:8000/v1/datasets`"
     ),

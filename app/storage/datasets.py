@@ -34,6 +34,7 @@ from app.storage.archive import (
 )
 from app.storage.duplicates import Fingerprinter
 from app.storage.images import ImageRejected, open_image
+from app.storage.manifest_csv import MANIFEST_CSV, Row, check_rows, read_labels_csv
 from app.storage.report import DEDUPE_MODES, Dedupe, ImageInfo, analyze
 
 __all__ = [
@@ -202,7 +203,7 @@ def _skip_early(parts: tuple[str, ...]) -> str | None:
     """Files not worth writing at all (the rest are judged once the whole archive is seen)."""
     if any(_is_hidden(p) for p in parts):
         return "hidden or system file"
-    if len(parts) == 1:
+    if len(parts) == 1 and parts[0].lower() != MANIFEST_CSV:
         return _NOT_IN_CLASS
     return None
 
@@ -262,9 +263,23 @@ class _Layout:
     train_classes: set[str]  # class folders under train/ (or the top level), files or not
     has_val: bool
     extraction: Extraction
+    # With a labels.csv (app.storage.manifest_csv): the file, its folder, and its rows by path.
+    manifest: StagedFile | None = None
+    base: tuple[str, ...] = ()
+    rows: dict[tuple[str, ...], Row] = field(default_factory=dict)
 
     @classmethod
     def of(cls, extraction: Extraction) -> _Layout:
+        manifests = sorted(
+            (
+                f
+                for f in extraction.files
+                if f.parts[-1].lower() == MANIFEST_CSV and len(f.parts) <= 2
+            ),
+            key=lambda f: len(f.parts),
+        )
+        if manifests:
+            return cls._of_manifest(extraction, manifests[0])
         dirs = [d for d in extraction.dirs if not any(_is_hidden(p) for p in d)]
         paths = [f.parts for f in extraction.files] + [(*d, "") for d in dirs]
         # A dir entry gets a "" leaf so it counts as "inside" its parent like a file does.
@@ -287,8 +302,28 @@ class _Layout:
         _check_case_conflicts(train_classes | val_classes)
         return cls(prefix, split_layout, train_classes, has_val, extraction)
 
+    @classmethod
+    def _of_manifest(cls, extraction: Extraction, manifest: StagedFile) -> _Layout:
+        base = manifest.parts[:-1]
+        rows = read_labels_csv(manifest.path, manifest.name)
+        present = {f.parts[len(base) :] for f in extraction.files if f.parts[: len(base)] == base}
+        check_rows(rows, present, manifest.name)
+        train_classes = {r.label for r in rows.values() if r.split == "train"}
+        _check_case_conflicts({r.label for r in rows.values()})
+        has_val = any(r.split == "val" for r in rows.values())
+        return cls(0, True, train_classes, has_val, extraction, manifest, base, rows)
+
     def destination(self, parts: tuple[str, ...]) -> tuple[str, str, str] | str:
         """(split, class, relpath) for a file, or the reason it has no place."""
+        if self.manifest is not None:
+            row = (
+                self.rows.get(parts[len(self.base) :])
+                if parts[: len(self.base)] == self.base
+                else None
+            )
+            if row is None:
+                return f"not listed in {self.manifest.name}"
+            return row.split, row.label, "/".join((row.split, row.label, *row.path))
         parts = parts[self.prefix :]
         if len(parts) < 2:
             return _NOT_IN_CLASS
@@ -319,6 +354,9 @@ class _Layout:
         taken: set[str] = set()
         root = dest_dir.resolve()
         for f in self.extraction.files:
+            if f is self.manifest:
+                f.path.unlink()
+                continue
             where = self.destination(f.parts)
             img = None
             if isinstance(where, str):
