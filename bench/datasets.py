@@ -9,12 +9,15 @@
    digits count as false positives.
 2. The report (duplicates, leakage, statistics) for 10,000 images costs <= 1.5x the time of
    ingest without it: ``ingest_archive`` on the same zip with ``analyze`` off and on, in
-   alternation, median of ``--repeats`` each.
+   alternation, median of ``--repeats`` each (the library the API calls, in this process).
+3. A resumable upload interrupted at 60% and resumed sends <= 1.1x the archive: over HTTP to a
+   real ``transferlab serve``, parts of 8 MiB; the connection is cut in the middle of the part
+   that crosses 60%, the client asks what is stored and sends the rest, then completes it into a
+   dataset. ``--upload-mib`` sets the archive size (default 256 MiB of incompressible PNGs; the
+   issue names 1 GiB: ``--upload-mib 1024`` needs ~4 GiB of free disk).
 
-    .venv/bin/python bench/datasets.py              # about 3 minutes on 2 CPU cores
-    .venv/bin/python bench/datasets.py --repeats 5
-
-Both measure the library the API calls (``app.storage``), in this process: no HTTP.
+    .venv/bin/python bench/datasets.py              # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/datasets.py --repeats 5 --upload-mib 1024
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ import statistics
 import sys
 import tempfile
 import time
+import zipfile
+from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_mnist, png, table, write_zip
+from _common import Service, load_mnist, png, table, write_zip
 
 from app.storage.datasets import IngestLimits, ingest_archive
 from app.storage.duplicates import MAX_DISTANCE, Fingerprinter, exact_groups, near_groups
@@ -152,15 +158,108 @@ def report_cost(work: Path, repeats: int) -> list[list[object]]:
     ]
 
 
+class _Cut(Exception):
+    """The simulated dropped connection."""
+
+
+def resumable_upload(work: Path, mib: int, part_mib: int = 8) -> list[list[object]]:
+    archive = _noise_zip(work / "big.zip", mib * 2**20)
+    size = archive.stat().st_size
+    part_size = part_mib * 2**20
+    sent = 0
+    cut_at = int(size * 0.6)
+
+    def body(offset: int, length: int, cut: bool) -> Iterator[bytes]:
+        nonlocal sent
+        with archive.open("rb") as fh:
+            fh.seek(offset)
+            remaining = length
+            while remaining:
+                chunk = fh.read(min(2**20, remaining))
+                remaining -= len(chunk)
+                sent += len(chunk)
+                yield chunk
+                if cut and sent >= cut_at:
+                    raise _Cut
+
+    def put(client: httpx.Client, uid: str, number: int, cut: bool) -> None:
+        offset = (number - 1) * part_size
+        length = min(part_size, size - offset)
+        digest = hashlib.sha256()
+        with archive.open("rb") as fh:
+            fh.seek(offset)
+            digest.update(fh.read(length))
+        client.put(
+            f"/v1/uploads/{uid}/parts/{number}",
+            content=body(offset, length, cut),
+            headers={"Content-SHA256": digest.hexdigest(), "Content-Length": str(length)},
+        ).raise_for_status()
+
+    with Service() as svc:
+        client = svc.client
+        t0 = time.perf_counter()
+        upload = client.post(
+            "/v1/uploads", json={"size": size, "part_size": part_size, "filename": "big.zip"}
+        ).json()
+        uid, total = upload["id"], upload["parts_total"]
+        try:
+            for number in range(1, total + 1):
+                put(client, uid, number, cut=True)
+        except (_Cut, httpx.HTTPError):
+            pass  # the line dropped
+        before = sent
+        missing = client.get(f"/v1/uploads/{uid}").json()["missing"]
+        for number in missing:
+            put(client, uid, number, cut=False)
+        transfer_s = time.perf_counter() - t0
+        r = client.post(f"/v1/uploads/{uid}/complete")
+        r.raise_for_status()
+        complete_s = time.perf_counter() - t0 - transfer_s
+    return [
+        [f"resumable upload: archive (MiB), parts of {part_mib} MiB", total, f"{size / 2**20:.0f}"],
+        ["sent before the cut (MiB)", "", f"{before / 2**20:.0f}"],
+        ["parts resent after asking what is stored", len(missing), ""],
+        ["sent in all (MiB)", "", f"{sent / 2**20:.0f}"],
+        ["sent / archive (target <= 1.1)", "", f"{sent / size:.3f}"],
+        ["transfer, then complete + ingest (s)", "", f"{transfer_s:.1f}, {complete_s:.1f}"],
+        ["dataset images", "", r.json()["num_images"]],
+    ]
+
+
+def _noise_zip(path: Path, target: int) -> Path:
+    """Incompressible 1024x1024 RGB PNGs (~3 MiB each) in two class folders, about ``target``
+    bytes in all (stored, so the archive is as large as its images)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        k = 0
+        while path.stat().st_size < target:
+            pixels = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+            zf.writestr(f"{'ab'[k % 2]}/{k:05d}.png", png_rgb(pixels))
+            k += 1
+            zf.fp.flush()  # type: ignore[union-attr]
+    return path
+
+
+def png_rgb(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=0)
+    return buf.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--planted", type=int, default=1200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--upload-mib", type=int, default=256)
+    parser.add_argument("--skip-upload", action="store_true")
     args = parser.parse_args()
     rows = near_duplicates(args.planted, args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
         rows += report_cost(Path(tmp), args.repeats)
+    if not args.skip_upload:
+        with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
+            rows += resumable_upload(Path(tmp), args.upload_mib)
     print(table(["measure", "n", "value"], rows))
 
 
