@@ -6,9 +6,10 @@
       manifest.json                   classes, train/val lists and the ingest report; written
                                       last, so a folder without it is not a dataset
 
-``ingest_archive`` is for the API (after the upload is on disk), ``load_manifest`` for the
-worker. Archive safety lives in ``archive``, image checks in ``images``; this module decides the
-layout and whether the result is a usable dataset.
+``ingest_archive`` is for the API (after the upload is on disk), ``load_manifest`` (from
+``manifest``) for the worker. Archive safety lives in ``archive``, image checks in ``images``,
+duplicates and statistics in ``duplicates`` and ``report``, ``labels.csv`` in ``manifest_csv``;
+this module decides the layout and whether the result is a usable dataset.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import os
 import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from app.errors import ServiceError
 from app.storage.archive import (
     ArchiveLimits,
     DatasetRejected,
@@ -34,6 +34,13 @@ from app.storage.archive import (
 )
 from app.storage.duplicates import Fingerprinter
 from app.storage.images import ImageRejected, open_image
+from app.storage.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    DatasetCorrupt,
+    DatasetManifest,
+    load_manifest,
+)
 from app.storage.manifest_csv import MANIFEST_CSV, Row, check_rows, read_labels_csv
 from app.storage.report import DEDUPE_MODES, Dedupe, ImageInfo, analyze
 
@@ -51,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
 _STAGING = ".staging"  # a hidden name, so no class folder can collide with it
 _SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
 _SYSTEM_NAMES = {
@@ -110,20 +115,6 @@ class DatasetReport:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class DatasetManifest:
-    classes: list[str]
-    train: list[tuple[str, str]]  # (path relative to the dataset dir, class name)
-    val: list[tuple[str, str]]
-
-
-class DatasetCorrupt(ServiceError):
-    """A stored dataset folder is unreadable: a server-side fault, not the uploader's."""
-
-    status_code = 500
-    code = "dataset_corrupt"
-
-
 def ingest_archive(
     archive_path: Path,
     dest_dir: Path,
@@ -148,28 +139,6 @@ def ingest_archive(
         if dest_dir.exists():
             log.error("could not remove the failed dataset folder %s", dest_dir)
         raise
-
-
-def load_manifest(dataset_dir: Path) -> DatasetManifest:
-    """The classes and (relative path, class) lists of an ingested dataset, for the worker."""
-    path = dataset_dir / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        classes = [str(c) for c in data["classes"]]
-        known = set(classes)
-        lists: dict[str, list[tuple[str, str]]] = {}
-        for split in ("train", "val"):
-            items = [(str(p), str(c)) for p, c in data[split]]
-            for rel, cls in items:
-                if cls not in known or not _is_safe_relpath(rel, split):
-                    raise ValueError(f"bad {split} entry {rel!r} ({cls!r})")
-            lists[split] = items
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetCorrupt(
-            f"the dataset at {dataset_dir} has no readable manifest ({exc})",
-            details={"path": str(path)},
-        ) from exc
-    return DatasetManifest(classes=classes, train=lists["train"], val=lists["val"])
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -497,13 +466,3 @@ def _write_manifest(dest_dir: Path, placed: _Placed, report: DatasetReport) -> N
     tmp = dest_dir / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, dest_dir / MANIFEST_NAME)
-
-
-def _is_safe_relpath(rel: str, split: str) -> bool:
-    path = PurePosixPath(rel)
-    return (
-        not path.is_absolute()
-        and ".." not in path.parts
-        and len(path.parts) >= 3
-        and path.parts[0] == split
-    )
