@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import catalog, datasets, health, jobs, keys, models
+from app.api import catalog, datasets, health, jobs, keys, models, uploads
 from app.api.auth import ApiKeyAuth, KeyCache, check_route_scopes, require_scope
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
@@ -24,6 +24,7 @@ from app.observability import install_observability
 from app.queue import JobQueue
 from app.services import idempotency
 from app.services import keys as key_service
+from app.services import uploads as upload_service
 from app.serving.cache import ModelCache
 from app.settings import Settings, get_settings
 from app.storage.sweep import sweep_leftovers
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_cache = ModelCache(settings.model_cache_size)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_error_handlers(app)
-    for module in (datasets, jobs, models, catalog, keys, health):
+    for module in (datasets, uploads, jobs, models, catalog, keys, health):
         app.include_router(module.router)
     install_observability(
         app, settings, dependencies=[require_scope("read")], responses=error_responses()
@@ -117,6 +118,12 @@ def body_rules(settings: Settings) -> dict:
                 "split the dataset or raise TRANSFERLAB_MAX_UPLOAD_BYTES",
             ),
             BodyRule(
+                re.compile(r"/v1/uploads/[^/]+/parts/[^/]+"),
+                upload_service.MAX_PART_BYTES,
+                "part_too_large",
+                f"a part holds at most {upload_service.MAX_PART_BYTES} bytes (its part_size)",
+            ),
+            BodyRule(
                 re.compile(r"/v1/models/[^/]+/predict"),
                 settings.max_predict_bytes + PREDICT_OVERHEAD_BYTES,
                 "predict_too_large",
@@ -142,6 +149,7 @@ def clean_up_after_crashes(settings: Settings, db: Database) -> None:
             settings.layout.ensure(), lambda i: datasets_repo.get(session, i) is not None
         )
         expired = idempotency.expire(session, settings.idempotency_ttl_s)
+        upload_service.sweep_expired(session, settings)
     if expired:
         log.info("forgot %d expired idempotency keys", expired)
 

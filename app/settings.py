@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         default=24 * 3600.0, gt=0, description="how long an Idempotency-Key is remembered"
     )
+    upload_ttl_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a resumable upload with no part stored for this long is swept with its parts",
+    )
     # Observability.
     log_format: Literal["auto", "text", "json"] = Field(
         default="auto", description="auto: JSON in production, text in dev"

@@ -57,3 +57,38 @@ def test_0005_turns_model_paths_into_keys(tmp_path):
         key = conn.execute(text("SELECT artifact_key FROM model_versions")).scalar_one()
     assert key == f"models/{model_id}"
     engine.dispose()
+
+
+def test_0007_leaves_existing_jobs_without_warnings(tmp_path):
+    """Jobs created before 0007 get warnings NULL (shown as []); the uploads table is new."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from app.api.schemas.jobs import JobOut
+    from app.db.models import Job
+    from app.db.session import Database
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    command.upgrade(alembic_config(url), "0005")
+    engine = create_engine(url)
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, status, strategy, base_model, spec, cancel_requested, epoch,"
+                " total_epochs, step, total_steps, created_at, attempts) VALUES (:id, 'queued',"
+                " 'finetune', 'timm:x', '{}', 0, 0, 1, 0, 0, '2026-11-29 00:00:00', 0)"
+            ),
+            {"id": job_id.hex},
+        )
+    assert "uploads" not in inspect(engine).get_table_names()
+    upgrade(url)
+    assert "uploads" in inspect(engine).get_table_names()
+    db = Database(url)
+    with db.session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.warnings is None
+        assert JobOut.from_job(job, None).warnings == []
+    db.dispose()
+    engine.dispose()

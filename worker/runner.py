@@ -366,6 +366,11 @@ def _register_model(
         "epochs": len(result.history),
         # What the engine chose where the spec left it open (augmentation "auto", keep_best).
         **result.choices,
+        # Validation images with a copy in train (from the dataset report): val_accuracy is
+        # optimistic by up to this fraction.
+        "val_leak_fraction": float(
+            ((dataset.report or {}).get("leakage") or {}).get("fraction") or 0
+        ),
     }
     name = spec.name or slugify(dataset.name)
     try:

@@ -15,7 +15,7 @@ from app.api.schemas.common import MAX_OFFSET, SLUG_PATTERN, Page, error_respons
 from app.api.schemas.datasets import DatasetOut
 from app.db.repositories import datasets as repo
 from app.services import datasets as service
-from app.storage.sweep import ingest_lock
+from app.storage.datasets import Dedupe
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -29,7 +29,12 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     dependencies=[require_scope("train")],
     description=(
         "A .zip, .tar or .tar.gz with one folder per class, optionally under `train/` and "
-        "`val/`. Every image is checked; bad files are skipped and listed in `report.rejected`. "
+        "`val/`; or with a `labels.csv` (`path,label[,split]`, paths relative to it) instead of "
+        "class folders, refused with row-numbered errors (`manifest_invalid`) if a row is wrong. "
+        "Every image is checked; bad files are skipped and listed in `report.rejected`. "
+        "The report also holds exact and near duplicates (`report.duplicates`), validation "
+        "images with a copy in train (`report.leakage`), size and mode histograms and class "
+        "balance (`report.statistics`), and `report.warnings`. "
         "Unsafe archives (`..` or absolute paths, links, devices, archive bombs) are refused "
         "whole. Example: `curl -F file=@pets.zip -F name=pets localhost:8000/v1/datasets`"
     ),
@@ -45,6 +50,14 @@ def create_dataset(
         max_length=100,
         description="letters, digits, '.', '_', '-'; default: made from the file's name",
     ),
+    dedupe: Dedupe = Form(
+        "none",
+        description="drop copies within each split and class, keeping one of each group: "
+        "`exact` (same bytes) or `near` (perceptual hash, also catches resized, re-encoded and "
+        "border-cropped copies). Copies across classes or across train/val are never dropped, "
+        "only reported (`report.duplicates`, `report.leakage`).",
+        examples=["near"],
+    ),
     idempotency_key: IdempotencyKey = None,
 ) -> DatasetOut | JSONResponse:
     idem = IdempotentCreate(
@@ -53,32 +66,24 @@ def create_dataset(
         endpoint="create_dataset",
         key=idempotency_key,
         # Only read when a key was sent: one extra pass over the spooled upload.
-        request=[(name or "").encode(), _sha256(file.file).encode()] if idempotency_key else [],
+        # dedupe only when set, so keys stored before the option existed still match.
+        request=[(name or "").encode(), _sha256(file.file).encode()]
+        + ([dedupe.encode()] if dedupe != "none" else [])
+        if idempotency_key
+        else [],
         ttl_s=settings.idempotency_ttl_s,
     )
     if replayed := idem.replayed():
         return replayed
-    dataset_id = uuid.uuid4()
-    # The lock covers the commit: until then the folder has no row, and a sweep starting in
-    # another API process must see it as in use.
-    with ingest_lock(settings.layout.ensure(), dataset_id):
-        dataset = service.create_dataset(
-            session,
-            settings,
-            file.file,
-            dataset_id=dataset_id,
-            filename=file.filename or "dataset",
-            name=name,
-        )
-        out = DatasetOut.model_validate(dataset)
-        try:
-            if lost_race := idem.remember(status.HTTP_201_CREATED, out):
-                shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
-                return lost_race
-            session.commit()
-        except BaseException:  # a 409 from the race, a failed commit: the row is not there
-            shutil.rmtree(settings.layout.dataset_dir(dataset_id), ignore_errors=True)
-            raise
+    with service.ingest_dataset(
+        session, settings, file.file, filename=file.filename or "dataset", name=name,
+        dedupe=dedupe,
+    ) as ingest:  # fmt: skip
+        out = DatasetOut.model_validate(ingest.dataset)
+        if lost_race := idem.remember(status.HTTP_201_CREATED, out):
+            ingest.discard()
+            return lost_race
+        session.commit()
     return out
 
 

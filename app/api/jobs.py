@@ -112,7 +112,11 @@ def get_job(job: ValidJob, session: SessionDep) -> JobOut:
 )
 def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:
     rows = repo.metrics(session, job.id)
-    return JobMetricsOut(job_id=job.id, epochs=[EpochMetricsOut.model_validate(r) for r in rows])
+    return JobMetricsOut(
+        job_id=job.id,
+        epochs=[EpochMetricsOut.model_validate(r) for r in rows],
+        warnings=job.warnings or [],
+    )
 
 
 @router.get(

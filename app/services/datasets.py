@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session
 
@@ -12,7 +15,8 @@ from app.db.repositories import datasets as repo
 from app.errors import Conflict, NotFound, PayloadTooLarge
 from app.naming import slugify
 from app.settings import Settings
-from app.storage.datasets import IngestLimits, ingest_archive
+from app.storage.datasets import Dedupe, IngestLimits, ingest_archive
+from app.storage.sweep import ingest_lock
 
 CHUNK = 1 << 20
 
@@ -58,26 +62,74 @@ def _spool(source: BinaryIO, dest: Path, max_bytes: int) -> int:
     return written
 
 
+@dataclass
+class Ingest:
+    """An ingested dataset whose row is flushed but not yet committed."""
+
+    dataset: Dataset
+    folder: Path
+
+    def discard(self) -> None:
+        """Remove the folder: the row will not be committed (e.g. an idempotency race lost)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def ingest_dataset(
+    session: Session,
+    settings: Settings,
+    source: BinaryIO | Path,
+    *,
+    filename: str,
+    name: str | None,
+    dedupe: Dedupe = "none",
+) -> Iterator[Ingest]:
+    """Ingest an upload and yield it; the caller commits the row inside the ``with`` block.
+
+    The block runs under ``app.storage.sweep.ingest_lock``: until the commit the folder has no
+    row, and a sweep starting in another API process must see it as in use. If the block raises
+    (a failed commit, a conflict), the folder is removed; nothing stays on disk without a row.
+    ``source`` is a stream to spool, or a finished upload file that is moved (and consumed).
+    """
+    dataset_id = uuid.uuid4()
+    with ingest_lock(settings.layout.ensure(), dataset_id):
+        dataset = create_dataset(
+            session, settings, source, dataset_id=dataset_id, filename=filename, name=name,
+            dedupe=dedupe,
+        )  # fmt: skip
+        ingest = Ingest(dataset, settings.layout.dataset_dir(dataset_id))
+        try:
+            yield ingest
+        except BaseException:
+            ingest.discard()
+            raise
+
+
 def create_dataset(
     session: Session,
     settings: Settings,
-    source: BinaryIO,
+    source: BinaryIO | Path,
     *,
     dataset_id: uuid.UUID,
     filename: str,
     name: str | None,
+    dedupe: Dedupe = "none",
 ) -> Dataset:
     """Spool, extract safely, validate, then insert. On any failure nothing stays on disk.
 
-    The caller holds ``app.storage.sweep.ingest_lock(dataset_id)`` until the insert is committed,
-    so that a start-up sweep in another process never takes the folder for a crash's leftover.
+    The caller holds ``app.storage.sweep.ingest_lock(dataset_id)`` until the insert is committed
+    (``ingest_dataset`` does), so that a start-up sweep in another process never takes the
+    folder for a crash's leftover.
     """
     layout = settings.layout.ensure()
     dest = layout.dataset_dir(dataset_id)
     tmp = layout.upload_path(dataset_id)
     try:
-        _spool(source, tmp, settings.max_upload_bytes)
-        report = ingest_archive(tmp, dest, ingest_limits(settings))
+        if isinstance(source, Path):
+            source.rename(tmp)  # same filesystem (both under tmp/): no copy
+        else:
+            _spool(source, tmp, settings.max_upload_bytes)
+        report = ingest_archive(tmp, dest, ingest_limits(settings), dedupe=dedupe)
     finally:
         tmp.unlink(missing_ok=True)
     try:
@@ -97,6 +149,25 @@ def create_dataset(
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+
+
+def job_warnings(dataset: Dataset) -> list[dict[str, Any]]:
+    """What a job trained on this dataset must say about its data (from the ingest report)."""
+    leakage = (dataset.report or {}).get("leakage") or {}
+    leaked = int(leakage.get("val_images") or 0)
+    if not leaked:
+        return []
+    return [
+        {
+            "code": "val_leakage",
+            "message": f"{leaked} of {leakage.get('val_total')} validation images "
+            f"({float(leakage.get('fraction') or 0):.1%}) have an exact or near copy in the "
+            "training set, so validation metrics are optimistic; remove them from val/ (or "
+            f"train/) and upload again (dataset {dataset.id} report.leakage lists them)",
+            "val_images": leaked,
+            "fraction": leakage.get("fraction"),
+        }
+    ]
 
 
 def delete_dataset(session: Session, settings: Settings, dataset_id: uuid.UUID) -> Path:

@@ -17,7 +17,7 @@ from app.db.repositories import models as models_repo
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError
 from app.jobspec import parse_base_model
 from app.naming import slugify
-from app.services.datasets import get_dataset
+from app.services.datasets import get_dataset, job_warnings
 from app.services.job_kinds import kind_of, list_job_kinds
 
 if TYPE_CHECKING:
@@ -163,6 +163,7 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
             dataset_id=dataset.id,
             spec=spec,
             total_epochs=kind.total_epochs(hparams),
+            warnings=job_warnings(dataset),
         ),
     )
 

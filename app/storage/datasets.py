@@ -6,9 +6,10 @@
       manifest.json                   classes, train/val lists and the ingest report; written
                                       last, so a folder without it is not a dataset
 
-``ingest_archive`` is for the API (after the upload is on disk), ``load_manifest`` for the
-worker. Archive safety lives in ``archive``, image checks in ``images``; this module decides the
-layout and whether the result is a usable dataset.
+``ingest_archive`` is for the API (after the upload is on disk), ``load_manifest`` (from
+``manifest``) for the worker. Archive safety lives in ``archive``, image checks in ``images``,
+duplicates and statistics in ``duplicates`` and ``report``, ``labels.csv`` in ``manifest_csv``;
+this module decides the layout and whether the result is a usable dataset.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from app.errors import ServiceError
 from app.storage.archive import (
     ArchiveLimits,
     DatasetRejected,
@@ -32,13 +32,25 @@ from app.storage.archive import (
     extract_archive,
     safe_parts,
 )
-from app.storage.images import check_image_file
+from app.storage.duplicates import Fingerprinter
+from app.storage.images import ImageRejected, open_image
+from app.storage.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    DatasetCorrupt,
+    DatasetManifest,
+    load_manifest,
+)
+from app.storage.manifest_csv import MANIFEST_CSV, Row, check_rows, read_labels_csv
+from app.storage.report import DEDUPE_MODES, Dedupe, ImageInfo, analyze
 
 __all__ = [
+    "DEDUPE_MODES",
     "DatasetCorrupt",
     "DatasetManifest",
     "DatasetRejected",
     "DatasetReport",
+    "Dedupe",
     "IngestLimits",
     "ingest_archive",
     "load_manifest",
@@ -46,8 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
 _STAGING = ".staging"  # a hidden name, so no class folder can collide with it
 _SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
 _SYSTEM_NAMES = {
@@ -93,34 +103,37 @@ class DatasetReport:
     rejected: list[dict[str, str]]  # [{"path": <path inside archive>, "reason": ...}]
     num_images: int
     total_bytes: int  # bytes of accepted images on disk
+    # app.storage.report: duplicate groups, train/val leakage, what dedupe removed, size/mode
+    # histograms and class balance, and warnings ({code, message, count, examples}).
+    duplicates: dict[str, Any] = field(default_factory=dict)
+    leakage: dict[str, Any] = field(default_factory=dict)
+    dedupe: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class DatasetManifest:
-    classes: list[str]
-    train: list[tuple[str, str]]  # (path relative to the dataset dir, class name)
-    val: list[tuple[str, str]]
-
-
-class DatasetCorrupt(ServiceError):
-    """A stored dataset folder is unreadable: a server-side fault, not the uploader's."""
-
-    status_code = 500
-    code = "dataset_corrupt"
-
-
-def ingest_archive(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> DatasetReport:
+def ingest_archive(
+    archive_path: Path,
+    dest_dir: Path,
+    limits: IngestLimits,
+    *,
+    dedupe: Dedupe = "none",
+    analyze: bool = True,
+) -> DatasetReport:
     """Extract, validate and lay out the archive in ``dest_dir``; return the report.
 
-    ``dest_dir`` must not exist. On any failure it is removed again and the error re-raised
-    (``DatasetRejected`` for everything the uploader can fix).
+    ``dedupe`` drops exact or near copies within a split and class (``app.storage.report``);
+    ``analyze=False`` leaves duplicates, leakage and statistics out of the report (for
+    benchmarks that measure what they cost). ``dest_dir`` must not exist. On any failure it is
+    removed again and the error re-raised (``DatasetRejected`` for everything the uploader can
+    fix).
     """
     dest_dir.mkdir(parents=True)  # FileExistsError before we own it: never delete someone's dir
     try:
-        return _ingest(archive_path, dest_dir, limits)
+        return _ingest(archive_path, dest_dir, limits, dedupe, analyze)
     except BaseException:
         shutil.rmtree(dest_dir, ignore_errors=True)
         if dest_dir.exists():
@@ -128,38 +141,25 @@ def ingest_archive(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> 
         raise
 
 
-def load_manifest(dataset_dir: Path) -> DatasetManifest:
-    """The classes and (relative path, class) lists of an ingested dataset, for the worker."""
-    path = dataset_dir / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        classes = [str(c) for c in data["classes"]]
-        known = set(classes)
-        lists: dict[str, list[tuple[str, str]]] = {}
-        for split in ("train", "val"):
-            items = [(str(p), str(c)) for p, c in data[split]]
-            for rel, cls in items:
-                if cls not in known or not _is_safe_relpath(rel, split):
-                    raise ValueError(f"bad {split} entry {rel!r} ({cls!r})")
-            lists[split] = items
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetCorrupt(
-            f"the dataset at {dataset_dir} has no readable manifest ({exc})",
-            details={"path": str(path)},
-        ) from exc
-    return DatasetManifest(classes=classes, train=lists["train"], val=lists["val"])
-
-
 # -- the steps ---------------------------------------------------------------------------------
 
 
-def _ingest(archive_path: Path, dest_dir: Path, limits: IngestLimits) -> DatasetReport:
+def _ingest(
+    archive_path: Path, dest_dir: Path, limits: IngestLimits, dedupe: Dedupe, analyzed: bool
+) -> DatasetReport:
+    if dedupe not in DEDUPE_MODES:
+        raise ValueError(f"dedupe must be one of {DEDUPE_MODES}, not {dedupe!r}")
     staging = dest_dir / _STAGING
     staging.mkdir()
     extraction = extract_archive(archive_path, staging, limits.archive_limits(), _skip_early)
-    placed = _Layout.of(extraction).place(dest_dir, limits.max_image_pixels)
+    placed = _Layout.of(extraction).place(dest_dir, limits.max_image_pixels, analyzed)
     shutil.rmtree(staging)
-    report = placed.report(extraction.format)
+    sections: dict[str, Any] = {}
+    if analyzed:
+        analysis = analyze(placed.infos, placed.prints, dedupe)
+        placed.drop([placed.infos[i].rel for i in analysis.drop], dest_dir)
+        sections = analysis.sections
+    report = placed.report(extraction.format, sections)
     _write_manifest(dest_dir, placed, report)
     return report
 
@@ -172,7 +172,7 @@ def _skip_early(parts: tuple[str, ...]) -> str | None:
     """Files not worth writing at all (the rest are judged once the whole archive is seen)."""
     if any(_is_hidden(p) for p in parts):
         return "hidden or system file"
-    if len(parts) == 1:
+    if len(parts) == 1 and parts[0].lower() != MANIFEST_CSV:
         return _NOT_IN_CLASS
     return None
 
@@ -186,8 +186,18 @@ class _Placed:
     train: list[tuple[str, str, StagedFile]]  # (relpath, class, file)
     val: list[tuple[str, str, StagedFile]]
     rejected: list[dict[str, str]]
+    infos: list[ImageInfo]  # of train + val, in the order they were placed
+    prints: list  # their Fingerprints, when analysed
 
-    def report(self, fmt: str) -> DatasetReport:
+    def drop(self, rels: list[str], dest_dir: Path) -> None:
+        """Remove these placed images (dedupe) from disk and from the lists."""
+        gone = set(rels)
+        for rel in gone:
+            (dest_dir / rel).unlink()
+        self.train = [t for t in self.train if t[0] not in gone]
+        self.val = [t for t in self.val if t[0] not in gone]
+
+    def report(self, fmt: str, sections: dict[str, Any]) -> DatasetReport:
         accepted = self.train + self.val
         digest = hashlib.sha256()
         # JSON keeps the encoding unambiguous whatever characters the paths hold.
@@ -204,6 +214,7 @@ class _Placed:
             rejected=sorted(self.rejected, key=lambda r: (r["path"], r["reason"])),
             num_images=len(accepted),
             total_bytes=sum(f.size for _, _, f in accepted),
+            **sections,
         )
 
 
@@ -221,9 +232,23 @@ class _Layout:
     train_classes: set[str]  # class folders under train/ (or the top level), files or not
     has_val: bool
     extraction: Extraction
+    # With a labels.csv (app.storage.manifest_csv): the file, its folder, and its rows by path.
+    manifest: StagedFile | None = None
+    base: tuple[str, ...] = ()
+    rows: dict[tuple[str, ...], Row] = field(default_factory=dict)
 
     @classmethod
     def of(cls, extraction: Extraction) -> _Layout:
+        manifests = sorted(
+            (
+                f
+                for f in extraction.files
+                if f.parts[-1].lower() == MANIFEST_CSV and len(f.parts) <= 2
+            ),
+            key=lambda f: len(f.parts),
+        )
+        if manifests:
+            return cls._of_manifest(extraction, manifests[0])
         dirs = [d for d in extraction.dirs if not any(_is_hidden(p) for p in d)]
         paths = [f.parts for f in extraction.files] + [(*d, "") for d in dirs]
         # A dir entry gets a "" leaf so it counts as "inside" its parent like a file does.
@@ -246,8 +271,28 @@ class _Layout:
         _check_case_conflicts(train_classes | val_classes)
         return cls(prefix, split_layout, train_classes, has_val, extraction)
 
+    @classmethod
+    def _of_manifest(cls, extraction: Extraction, manifest: StagedFile) -> _Layout:
+        base = manifest.parts[:-1]
+        rows = read_labels_csv(manifest.path, manifest.name)
+        present = {f.parts[len(base) :] for f in extraction.files if f.parts[: len(base)] == base}
+        check_rows(rows, present, manifest.name)
+        train_classes = {r.label for r in rows.values() if r.split == "train"}
+        _check_case_conflicts({r.label for r in rows.values()})
+        has_val = any(r.split == "val" for r in rows.values())
+        return cls(0, True, train_classes, has_val, extraction, manifest, base, rows)
+
     def destination(self, parts: tuple[str, ...]) -> tuple[str, str, str] | str:
         """(split, class, relpath) for a file, or the reason it has no place."""
+        if self.manifest is not None:
+            row = (
+                self.rows.get(parts[len(self.base) :])
+                if parts[: len(self.base)] == self.base
+                else None
+            )
+            if row is None:
+                return f"not listed in {self.manifest.name}"
+            return row.split, row.label, "/".join((row.split, row.label, *row.path))
         parts = parts[self.prefix :]
         if len(parts) < 2:
             return _NOT_IN_CLASS
@@ -270,27 +315,43 @@ class _Layout:
         where = self.destination(safe_parts(name))
         return where[1] if not isinstance(where, str) and where[0] == "train" else None
 
-    def place(self, dest_dir: Path, max_pixels: int) -> _Placed:
+    def place(self, dest_dir: Path, max_pixels: int, analyzed: bool) -> _Placed:
         rejected = list(self.extraction.skipped)
         kept: dict[str, list[tuple[str, str, StagedFile]]] = {"train": [], "val": []}
+        infos: list[ImageInfo] = []
+        prints = Fingerprinter()
         taken: set[str] = set()
         root = dest_dir.resolve()
         for f in self.extraction.files:
+            if f is self.manifest:
+                f.path.unlink()
+                continue
             where = self.destination(f.parts)
+            img = None
             if isinstance(where, str):
                 reason: str | None = where
+            elif where[2] in taken:
+                reason = "a file with the same path came earlier in the archive"
             else:
-                split, cls, rel = where
-                if rel in taken:
-                    reason = "a file with the same path came earlier in the archive"
+                # Decoded once: the check, the statistics and the fingerprint share the pixels.
+                try:
+                    img = open_image(f.path, max_pixels)
+                except ImageRejected as exc:
+                    reason = exc.message
                 else:
-                    reason = check_image_file(f.path, max_pixels) or _move(
-                        f.path, dest_dir / rel, root
-                    )
-            if reason is not None:
+                    reason = _move(f.path, dest_dir / where[2], root)
+            if reason is not None or img is None:
+                if img is not None:
+                    img.close()
                 f.path.unlink(missing_ok=True)
-                rejected.append({"path": f.name, "reason": reason})
+                rejected.append({"path": f.name, "reason": reason or "not placed"})
                 continue
+            assert not isinstance(where, str)  # a reason was set otherwise
+            split, cls, rel = where
+            with img:
+                infos.append(ImageInfo(rel, split, cls, f.sha256, img.width, img.height, img.mode))
+                if analyzed:
+                    prints.add(img)
             taken.add(rel)
             kept[split].append((rel, cls, f))
         placed = _Placed(
@@ -299,6 +360,8 @@ class _Layout:
             train=sorted(kept["train"], key=lambda t: t[0]),
             val=sorted(kept["val"], key=lambda t: t[0]),
             rejected=rejected,
+            infos=infos,
+            prints=prints.finish() if analyzed else [],
         )
         self._check_usable(placed)
         return placed
@@ -403,13 +466,3 @@ def _write_manifest(dest_dir: Path, placed: _Placed, report: DatasetReport) -> N
     tmp = dest_dir / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, dest_dir / MANIFEST_NAME)
-
-
-def _is_safe_relpath(rel: str, split: str) -> bool:
-    path = PurePosixPath(rel)
-    return (
-        not path.is_absolute()
-        and ".." not in path.parts
-        and len(path.parts) >= 3
-        and path.parts[0] == split
-    )

@@ -4,6 +4,7 @@
   transferlab.db          SQLite database (embedded default only)
   datasets/<id>/          extracted, validated images + manifest.json (immutable)
   models/<id>/            model.safetensors + model.json (immutable)
+  uploads/<id>/           parts of resumable uploads (app.storage.parts), until completed or swept
   tmp/                    uploads in flight (upload-<id>) and their ingest locks (ingest-<id>.lock);
                           same filesystem so a finished upload is a rename
   broker/                 the embedded Celery broker's message folders
@@ -38,6 +39,13 @@ class DataLayout:
         return self.root / "features"
 
     @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    def upload_parts_dir(self, upload_id: uuid.UUID | str) -> Path:
+        return self.uploads / str(upload_id)
+
+    @property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
@@ -62,6 +70,13 @@ class DataLayout:
         return self.tmp / f"{LOCK_PREFIX}{dataset_id}{LOCK_SUFFIX}"
 
     def ensure(self) -> DataLayout:
-        for path in (self.datasets, self.models, self.features, self.tmp, self.broker):
+        for path in (
+            self.datasets,
+            self.models,
+            self.features,
+            self.tmp,
+            self.broker,
+            self.uploads,
+        ):
             path.mkdir(parents=True, exist_ok=True)
         return self

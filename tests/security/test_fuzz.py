@@ -53,6 +53,18 @@ def fuzz_config(admin_key: str) -> schemathesis.Config:
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 422]}},
                 },
                 {
+                    # Deliberate: the size limit is a setting (TRANSFERLAB_MAX_UPLOAD_BYTES), not
+                    # in the schema; a larger size gets the documented 413 `upload_too_large`.
+                    "include-name": "POST /v1/uploads",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 413]}},
+                },
+                {
+                    # Deliberate: a part must hold exactly part_size bytes matching its checksum
+                    # header, which the schema cannot say: 422 `part_size_mismatch` and friends.
+                    "include-name": "PUT /v1/uploads/{upload_id}/parts/{number}",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 422]}},
+                },
+                {
                     # Deliberate: rules JSON Schema cannot state are checked on submit and
                     # answered with the documented 422 `validation_error` (warmup_epochs <
                     # epochs; each strategy's own options).

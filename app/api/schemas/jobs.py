@@ -47,6 +47,15 @@ JOB_EXAMPLE: dict[str, Any] = {
     "attempts": 1,
     "restart_reason": None,
     "model_id": None,
+    "warnings": [
+        {
+            "code": "val_leakage",
+            "message": "12 of 200 validation images (6.0%) have an exact or near copy in the "
+            "training set, so validation metrics are optimistic; ...",
+            "val_images": 12,
+            "fraction": 0.06,
+        }
+    ],
     "created_at": "2026-11-29T10:00:00Z",
     "started_at": "2026-11-29T10:00:01Z",
     "finished_at": None,
@@ -83,6 +92,11 @@ class JobOut(ORMModel):
         None, description="why the job was last put back in the queue, if it was"
     )
     model_id: uuid.UUID | None = Field(None, description="the model version this job produced")
+    warnings: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="what to know about the job's data, fixed when it was created: "
+        "`val_leakage` when validation images have copies in train (metrics are optimistic)",
+    )
     created_at: UTCDateTime
     started_at: UTCDateTime | None
     finished_at: UTCDateTime | None
@@ -122,6 +136,7 @@ class JobOut(ORMModel):
             attempts=job.attempts,
             restart_reason=job.restart_reason,
             model_id=model_id,
+            warnings=job.warnings or [],
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -143,9 +158,20 @@ class EpochMetricsOut(ORMModel):
 class JobMetricsOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"job_id": JOB_EXAMPLE["id"], "epochs": [JOB_EXAMPLE["latest_metrics"]]}]
+            "examples": [
+                {
+                    "job_id": JOB_EXAMPLE["id"],
+                    "epochs": [JOB_EXAMPLE["latest_metrics"]],
+                    "warnings": JOB_EXAMPLE["warnings"],
+                }
+            ]
         }
     )
 
     job_id: uuid.UUID
     epochs: list[EpochMetricsOut]
+    warnings: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="as on the job: `val_leakage` means val_accuracy is measured partly on "
+        "images the model trained on",
+    )

@@ -6,6 +6,7 @@ from app.db.models.idempotency import IdempotencyRecord
 from app.db.models.job import Job, JobStatus
 from app.db.models.job_metric import JobMetric
 from app.db.models.model_version import ModelVersion
+from app.db.models.upload import Upload
 
 __all__ = [
     "ApiKey",
@@ -15,4 +16,5 @@ __all__ = [
     "JobMetric",
     "JobStatus",
     "ModelVersion",
+    "Upload",
 ]

@@ -58,3 +58,6 @@ class Job(Base):
     # queue (and resumes from its last checkpoint) until it has used TRANSFERLAB_MAX_JOB_ATTEMPTS.
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     restart_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Fixed when the job is created, from its dataset's report: [{code, message, ...}], e.g.
+    # val_leakage when validation images have copies in train (migration 0007).
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
