@@ -1,0 +1,358 @@
+"""Serving at the limit (issue 9): the prediction endpoint against what the machine can do.
+
+Measured side by side in one run, for each model (an untrained timm model with 10 classes,
+registered as a model version the way the worker registers one):
+
+- F: the model's own batched forward in-process (batch 32, as the service runs it), images/s;
+- P: decoding and preprocessing in-process on the same images, one thread, images/s (with the
+  service's own functions);
+- H: the same HTTP stack (uvicorn, FastAPI multipart) and load generator (32 httpx client
+  threads) against an endpoint that takes the same request and runs nothing, requests/s;
+- the service (`transferlab api`, SQLite): 32 concurrent one-image clients, images/s and p99;
+- L = 1 / (1/F + 1/P + 1/H), the limit for one-image requests; the target is >= 0.8 L;
+- concurrency 1: the service's p50 against in-process decode + preprocess + forward of one
+  image (target: <= 1.3x that + 3 ms);
+- a flood of large images (8 clients, 12-megapixel JPEGs and 4,000 x 3,000 PNGs): the API
+  process's peak memory (VmHWM) over its memory before the flood.
+
+    .venv/bin/python bench/serve.py                       # about 4 minutes on 2 CPU cores
+    .venv/bin/python bench/serve.py --models resnet10t:64 --seconds 5
+
+The load generator, the API and the model share the machine's cores, so run it on an otherwise
+idle machine; on a shared one, compare the ratios of one run rather than absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+# As `transferlab` sets it for the API: idle torch threads sleep instead of spinning on the
+# cores the load generator and the decoding need (app/cpu.py). Before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import httpx
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BIN, free_port, load_mnist, table
+
+from app.db.models import ModelVersion
+from app.db.repositories import models as models_repo
+from app.db.session import Database
+from app.engine import ModelCard, save_artifact
+from app.engine.data import resolve_preprocessing
+from app.serving.cache import ModelCache
+from app.serving.predict import decode_upload
+from app.settings import Settings
+
+NOOP_APP = textwrap.dedent(
+    """
+    from fastapi import FastAPI, File, UploadFile
+
+    app = FastAPI()
+
+    @app.post("/noop")
+    def noop(files: list[UploadFile] = File()) -> dict:
+        for f in files:
+            f.file.read()
+        return {"predictions": [{"filename": f.filename, "top_k": []} for f in files]}
+    """
+)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def register_model(settings: Settings, backbone: str, size: int) -> tuple[str, ModelCard]:
+    """An untrained timm model saved and registered as a model version, as the worker does."""
+    torch.manual_seed(0)
+    model = timm.create_model(backbone, pretrained=False, num_classes=10)
+    pre = resolve_preprocessing(timm.data.resolve_data_config({}, model=model), size)
+    card = ModelCard(
+        architecture={"library": "timm", "name": backbone, "num_classes": 10},
+        class_names=tuple(str(i) for i in range(10)),
+        preprocessing=pre,
+    )
+    model_id = uuid.uuid4()
+    key = settings.artifacts.model_key(model_id)
+    save_artifact(model, card, settings.artifacts.path(key))
+    db = Database(settings.resolved_database_url)
+    with db.session_scope() as session:
+        models_repo.add(
+            session,
+            ModelVersion(
+                id=model_id, name=f"bench-{backbone}", version=models_repo.next_version(
+                    session, f"bench-{backbone}"), job_id=None, dataset_id=None, parent_id=None,
+                base_model=f"timm:{backbone}", strategy="finetune",
+                class_names=list(card.class_names), metrics={}, lineage={}, artifact_key=key,
+            ),
+        )  # fmt: skip
+    db.dispose()
+    return str(model_id), card
+
+
+def in_process(
+    settings: Settings, model_id: str, images: list[bytes], batch: int, seconds: float
+) -> dict[str, float]:
+    """F, P and the one-image latency with the service's own functions, in this process."""
+    cache = ModelCache(1)
+    path = settings.artifacts.path(settings.artifacts.model_key(model_id))
+    batcher = cache.batcher(model_id, path)
+    runner, pre = batcher.predictor, batcher.predictor.preprocessor
+    # P: decode + preprocess, one thread.
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        decode_upload(images[n % len(images)], pre, settings.max_image_pixels)
+        n += 1
+    p = n / (time.perf_counter() - start)
+    pixels = [decode_upload(img, pre, settings.max_image_pixels) for img in images[:batch]]
+    # F: the batched forward on preprocessed tensors.
+    x = pre.batch(pixels)
+    runner.probabilities(x)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        runner.probabilities(x)
+        n += batch
+    f = n / (time.perf_counter() - start)
+    # One image end to end: decode, preprocess, forward.
+    times = []
+    for i in range(200):
+        t0 = time.perf_counter()
+        px = decode_upload(images[i % len(images)], pre, settings.max_image_pixels)
+        runner.probabilities(pre.batch([px]))
+        times.append(time.perf_counter() - t0)
+    cache.close()
+    return {"F": f, "P": p, "single_ms": statistics.median(times) * 1000}
+
+
+def load(
+    url: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    filename: str = "x.png",
+) -> dict[str, float]:
+    """`clients` threads, each with its own httpx client, posting one image per request."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[int] = [0] * clients
+    stop = time.perf_counter() + seconds
+    barrier = threading.Barrier(clients + 1)
+
+    def client(i: int) -> None:
+        with httpx.Client(headers=headers, timeout=60) as c:
+            barrier.wait()
+            n = i
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = c.post(url, files=[("files", (filename, bodies[n % len(bodies)]))])
+                if r.status_code != 200:
+                    errors[i] += 1
+                latencies[i].append(time.perf_counter() - t0)
+                n += clients
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    flat = sorted(x for lat in latencies for x in lat)
+    return {
+        "rate": len(flat) / elapsed,
+        "p50_ms": flat[len(flat) // 2] * 1000,
+        "p99_ms": flat[int(len(flat) * 0.99)] * 1000,
+        "errors": sum(errors),
+        "n": len(flat),
+    }
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer")
+
+
+def stop(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def large_images() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for kind in ("JPEG", "PNG"):
+        # Smooth content (an upscaled noise field) compresses like a photo, not like noise.
+        small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((4000, 3000), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, format=kind, quality=90) if kind == "JPEG" else img.save(buf, format=kind)
+        out.append((f"large.{kind.lower()}", buf.getvalue()))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["resnet18:112", "resnet10t:64"])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--skip-flood", action="store_true")
+    args = parser.parse_args()
+
+    digits, _ = load_mnist(512)
+    images = [png_bytes(d) for d in digits]
+    tmp = Path(tempfile.mkdtemp(prefix="transferlab-serve-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
+    env |= {"TRANSFERLAB_DATA_DIR": str(tmp / "data"), "OMP_WAIT_POLICY": "PASSIVE"}
+    settings = Settings(data_dir=tmp / "data")
+    tl = str(BIN / "transferlab")
+    key = subprocess.run(
+        [tl, "keys", "create", "--scopes", "admin", "--name", "bench"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    auth = {"Authorization": f"Bearer {key}"}
+    models = {}
+    for spec in args.models:
+        backbone, size = spec.split(":")
+        models[spec] = register_model(settings, backbone, int(size))
+
+    # H: the no-op endpoint, same uvicorn defaults as `transferlab api`.
+    (tmp / "noop_app.py").write_text(NOOP_APP)
+    port = free_port()
+    noop = start(
+        [str(BIN / "python"), "-m", "uvicorn", "noop_app:app", "--port", str(port),
+         "--no-access-log", "--app-dir", str(tmp)],
+        env, tmp / "noop.log",
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/docs")
+        h = load(f"http://127.0.0.1:{port}/noop", {}, images, args.clients, args.seconds)
+    finally:
+        stop(noop)
+    print(f"H: {h['rate']:.0f} requests/s (p50 {h['p50_ms']:.1f} ms)", flush=True)
+
+    port = free_port()
+    api = start([tl, "api", "--port", str(port)], env, tmp / "api.log")
+    rows, latency_rows = [], []
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz")
+        for spec, (model_id, _) in models.items():
+            ref = in_process(settings, model_id, images, args.batch, min(args.seconds, 5))
+            url = f"http://127.0.0.1:{port}/v1/models/{model_id}/predict?top_k=1"
+            load(url, auth, images, 4, 1.0)  # load the model, warm up
+            svc = load(url, auth, images, args.clients, args.seconds)
+            one = load(url, auth, images, 1, args.seconds / 2)
+            limit = 1 / (1 / ref["F"] + 1 / ref["P"] + 1 / h["rate"])
+            rows.append([
+                spec, f"{ref['F']:.0f}", f"{ref['P']:.0f}", f"{h['rate']:.0f}", f"{limit:.0f}",
+                f"{svc['rate']:.0f}", f"{svc['rate'] / limit:.2f}", f"{svc['p99_ms']:.0f} ms",
+                svc["errors"],
+            ])  # fmt: skip
+            bound = 1.3 * ref["single_ms"] + 3
+            latency_rows.append([
+                spec, f"{one['p50_ms']:.1f} ms", f"{ref['single_ms']:.1f} ms",
+                f"{bound:.1f} ms", "yes" if one["p50_ms"] <= bound else "no",
+            ])  # fmt: skip
+            print(rows[-1], latency_rows[-1], flush=True)
+        flood_row = None
+        if not args.skip_flood:
+            model_id = next(iter(models.values()))[0]
+            url = f"http://127.0.0.1:{port}/v1/models/{model_id}/predict?top_k=1"
+            before = memory_kib(api.pid, "VmRSS")
+            results = {}
+            for name, body in large_images():
+                results[name] = load(url, auth, [body], 8, args.seconds / 2, filename=name)
+            peak = memory_kib(api.pid, "VmHWM")
+            flood_row = [
+                f"{(peak - before) / 1024:.0f} MiB",
+                *(f"{r['rate']:.1f} images/s, p99 {r['p99_ms']:.0f} ms, {r['errors']} errors"
+                  for r in results.values()),
+            ]  # fmt: skip
+    finally:
+        stop(api)
+    print()
+    print(
+        f"{args.clients} concurrent one-image clients ({args.seconds:.0f} s each), "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs"
+    )
+    print(
+        table(
+            [
+                "model",
+                "F img/s",
+                "P img/s",
+                "H req/s",
+                "L img/s",
+                "service img/s",
+                "service / L",
+                "p99 @32",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    print()
+    print(
+        table(
+            ["model", "service p50 @1", "in-process decode+forward", "target (1.3x + 3 ms)", "met"],
+            latency_rows,
+        )
+    )
+    if flood_row:
+        print()
+        print(
+            table(
+                [
+                    "API peak memory over its start (VmHWM - VmRSS)",
+                    "4000x3000 JPEG, 8 clients",
+                    "4000x3000 PNG, 8 clients",
+                ],
+                [flood_row],
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
