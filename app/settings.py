@@ -99,10 +99,11 @@ class Settings(BaseSettings):
         description="most images waiting for one served model; past it, 503 overloaded",
     )
     decode_budget_pixels: int = Field(
-        default=89_478_485,
+        default=2**24,
         ge=1,
         description="pixels decoded at full size at once in an API process, all requests "
-        "together (about 4 bytes each): bounds decoding memory under a flood of large images",
+        "together (about 4 bytes each): bounds decoding memory under a flood of large images; "
+        "one image larger than this decodes alone",
     )
     predict_channels_last: bool = Field(
         default=True, description="served models run in NHWC (see README, Serving)"

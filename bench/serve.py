@@ -17,6 +17,9 @@ registered as a model version the way the worker registers one):
 
     .venv/bin/python bench/serve.py                       # about 4 minutes on 2 CPU cores
     .venv/bin/python bench/serve.py --models resnet10t:64 --seconds 5
+    # and the API of an older commit measured side by side (same models, clients, images):
+    git archive 6ff97dc | tar -x -C /tmp/baseline && .venv/bin/python bench/serve.py \
+        --baseline /tmp/baseline
 
 The load generator, the API and the model share the machine's cores, so run it on an otherwise
 idle machine; on a shared one, compare the ratios of one run rather than absolute figures.
@@ -53,8 +56,9 @@ from _common import BIN, free_port, load_mnist, table
 from app.db.models import ModelVersion
 from app.db.repositories import models as models_repo
 from app.db.session import Database
-from app.engine import ModelCard, save_artifact
+from app.engine import ModelCard, load_artifact, save_artifact
 from app.engine.data import resolve_preprocessing
+from app.engine.inference import Predictor
 from app.serving.cache import ModelCache
 from app.serving.predict import decode_upload
 from app.settings import Settings
@@ -123,14 +127,20 @@ def in_process(
         n += 1
     p = n / (time.perf_counter() - start)
     pixels = [decode_upload(img, pre, settings.max_image_pixels) for img in images[:batch]]
-    # F: the batched forward on preprocessed tensors.
+    # F: the batched forward on preprocessed tensors, as the service runs it (channels_last),
+    # and with the model in the usual contiguous layout for comparison.
     x = pre.batch(pixels)
-    runner.probabilities(x)
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        runner.probabilities(x)
-        n += batch
-    f = n / (time.perf_counter() - start)
+    rates = {}
+    for channels_last in (True, False):
+        model, card = load_artifact(path)
+        predictor = Predictor(model, card, channels_last=channels_last)
+        predictor.probabilities(x)
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            predictor.probabilities(x)
+            n += batch
+        rates[channels_last] = n / (time.perf_counter() - start)
+    f = rates[True]
     # One image end to end: decode, preprocess, forward.
     times = []
     for i in range(200):
@@ -139,7 +149,8 @@ def in_process(
         runner.probabilities(pre.batch([px]))
         times.append(time.perf_counter() - t0)
     cache.close()
-    return {"F": f, "P": p, "single_ms": statistics.median(times) * 1000}
+    single_ms = statistics.median(times) * 1000
+    return {"F": f, "F_contiguous": rates[False], "P": p, "single_ms": single_ms}
 
 
 def load(
@@ -212,6 +223,20 @@ def stop(p: subprocess.Popen) -> None:
         p.kill()
 
 
+def batch_metrics(port: int, auth: dict[str, str]) -> tuple[float, float]:
+    """(images, forward passes) so far, from the service's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=auth).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("transferlab_inference_batch_images_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return (
+        values.get("transferlab_inference_batch_images_sum", 0.0),
+        values.get("transferlab_inference_batch_images_count", 0.0),
+    )
+
+
 def memory_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -236,9 +261,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["resnet18:112", "resnet10t:64"])
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per load window")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--skip-flood", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of an older commit (git archive <commit> | tar -x -C DIR): its API is "
+        "measured side by side, with the same models, clients and images",
+    )
     args = parser.parse_args()
 
     digits, _ = load_mnist(512)
@@ -258,63 +290,111 @@ def main() -> None:
         backbone, size = spec.split(":")
         models[spec] = register_model(settings, backbone, int(size))
 
-    # H: the no-op endpoint, same uvicorn defaults as `transferlab api`.
+    # H: the no-op endpoint, same uvicorn defaults as `transferlab api`. It runs beside the API
+    # and every measurement is repeated in rounds, interleaved (in-process, H, service,
+    # baseline), so that a change of load on a shared machine hits all of them alike; the
+    # tables give medians over the rounds.
     (tmp / "noop_app.py").write_text(NOOP_APP)
-    port = free_port()
+    noop_port = free_port()
     noop = start(
-        [str(BIN / "python"), "-m", "uvicorn", "noop_app:app", "--port", str(port),
+        [str(BIN / "python"), "-m", "uvicorn", "noop_app:app", "--port", str(noop_port),
          "--no-access-log", "--app-dir", str(tmp)],
         env, tmp / "noop.log",
     )  # fmt: skip
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/docs")
-        h = load(f"http://127.0.0.1:{port}/noop", {}, images, args.clients, args.seconds)
-    finally:
-        stop(noop)
-    print(f"H: {h['rate']:.0f} requests/s (p50 {h['p50_ms']:.1f} ms)", flush=True)
-
+    noop_url = f"http://127.0.0.1:{noop_port}/noop"
     port = free_port()
     api = start([tl, "api", "--port", str(port)], env, tmp / "api.log")
-    rows, latency_rows = [], []
+    old_port, old_api = free_port(), None
+    if args.baseline:
+        old_env = env | {"PYTHONPATH": str(args.baseline.resolve())}
+        old_api = start([tl, "api", "--port", str(old_port)], old_env, tmp / "baseline.log")
+    rows, latency_rows, layout_rows, baseline_rows = [], [], [], []
+    med = statistics.median
     try:
+        wait_ready(f"http://127.0.0.1:{noop_port}/docs")
         wait_ready(f"http://127.0.0.1:{port}/readyz")
+        if old_api:
+            wait_ready(f"http://127.0.0.1:{old_port}/readyz")
         for spec, (model_id, _) in models.items():
-            ref = in_process(settings, model_id, images, args.batch, min(args.seconds, 5))
             url = f"http://127.0.0.1:{port}/v1/models/{model_id}/predict?top_k=1"
+            old_url = f"http://127.0.0.1:{old_port}/v1/models/{model_id}/predict?top_k=1"
             load(url, auth, images, 4, 1.0)  # load the model, warm up
-            svc = load(url, auth, images, args.clients, args.seconds)
-            one = load(url, auth, images, 1, args.seconds / 2)
-            limit = 1 / (1 / ref["F"] + 1 / ref["P"] + 1 / h["rate"])
+            if old_api:
+                load(old_url, auth, images, 4, 1.0)
+            m: dict[str, list[float]] = {}
+            for _ in range(args.rounds):
+                ref = in_process(settings, model_id, images, args.batch, 2.0)
+                h = load(noop_url, {}, images, args.clients, args.seconds)
+                h1 = load(noop_url, {}, images, 1, args.seconds / 2)
+                before = batch_metrics(port, auth)
+                svc = load(url, auth, images, args.clients, args.seconds)
+                after = batch_metrics(port, auth)
+                one = load(url, auth, images, 1, args.seconds / 2)
+                got = {
+                    **ref, "H": h["rate"], "H1_ms": h1["p50_ms"], "svc": svc["rate"],
+                    "p99": svc["p99_ms"], "errors": svc["errors"], "one_ms": one["p50_ms"],
+                    "batch": (after[0] - before[0]) / max(1, after[1] - before[1]),
+                    "L": 1 / (1 / ref["F"] + 1 / ref["P"] + 1 / h["rate"]),
+                }  # fmt: skip
+                got["ratio"] = got["svc"] / got["L"]
+                if old_api:
+                    old = load(old_url, auth, images, args.clients, args.seconds)
+                    old_one = load(old_url, auth, images, 1, args.seconds / 2)
+                    got |= {"old": old["rate"], "old_p99": old["p99_ms"]}
+                    got |= {"old_ratio": old["rate"] / got["L"], "old_one_ms": old_one["p50_ms"]}
+                for k, v in got.items():
+                    m.setdefault(k, []).append(v)
+                print(spec, {k: round(v, 2) for k, v in got.items()}, flush=True)
             rows.append([
-                spec, f"{ref['F']:.0f}", f"{ref['P']:.0f}", f"{h['rate']:.0f}", f"{limit:.0f}",
-                f"{svc['rate']:.0f}", f"{svc['rate'] / limit:.2f}", f"{svc['p99_ms']:.0f} ms",
-                svc["errors"],
+                spec, f"{med(m['F']):.0f}", f"{med(m['P']):.0f}", f"{med(m['H']):.0f}",
+                f"{med(m['L']):.0f}", f"{med(m['svc']):.0f}",
+                f"{med(m['ratio']):.2f} ({min(m['ratio']):.2f}-{max(m['ratio']):.2f})",
+                f"{med(m['p99']):.0f} ms", f"{med(m['batch']):.1f}", f"{sum(m['errors']):.0f}",
             ])  # fmt: skip
-            bound = 1.3 * ref["single_ms"] + 3
+            bound = 1.3 * med(m["single_ms"]) + 3
             latency_rows.append([
-                spec, f"{one['p50_ms']:.1f} ms", f"{ref['single_ms']:.1f} ms",
-                f"{bound:.1f} ms", "yes" if one["p50_ms"] <= bound else "no",
+                spec, f"{med(m['one_ms']):.1f} ms", f"{med(m['H1_ms']):.1f} ms",
+                f"{med(m['single_ms']):.1f} ms", f"{bound:.1f} ms",
+                "yes" if med(m["one_ms"]) <= bound else "no",
             ])  # fmt: skip
-            print(rows[-1], latency_rows[-1], flush=True)
-        flood_row = None
+            layout_rows.append([
+                spec, f"{med(m['F']):.0f}", f"{med(m['F_contiguous']):.0f}",
+                f"{med([a / b for a, b in zip(m['F'], m['F_contiguous'], strict=True)]):.2f}",
+            ])  # fmt: skip
+            if old_api:
+                baseline_rows.append([
+                    spec, f"{med(m['old']):.0f}", f"{med(m['old_ratio']):.2f}",
+                    f"{med(m['old_p99']):.0f} ms", f"{med(m['old_one_ms']):.1f} ms",
+                    f"{med(m['svc']):.0f}", f"{med(m['ratio']):.2f}",
+                    f"{med(m['p99']):.0f} ms", f"{med(m['one_ms']):.1f} ms",
+                ])  # fmt: skip
+        flood_rows = []
         if not args.skip_flood:
             model_id = next(iter(models.values()))[0]
-            url = f"http://127.0.0.1:{port}/v1/models/{model_id}/predict?top_k=1"
-            before = memory_kib(api.pid, "VmRSS")
-            results = {}
-            for name, body in large_images():
-                results[name] = load(url, auth, [body], 8, args.seconds / 2, filename=name)
-            peak = memory_kib(api.pid, "VmHWM")
-            flood_row = [
-                f"{(peak - before) / 1024:.0f} MiB",
-                *(f"{r['rate']:.1f} images/s, p99 {r['p99_ms']:.0f} ms, {r['errors']} errors"
-                  for r in results.values()),
-            ]  # fmt: skip
+            targets = [("this commit", port, api)]
+            if old_api:
+                targets.append(("baseline", old_port, old_api))
+            for label, target_port, process in targets:
+                url = f"http://127.0.0.1:{target_port}/v1/models/{model_id}/predict?top_k=1"
+                before = memory_kib(process.pid, "VmRSS")
+                results = {}
+                for name, body in large_images():
+                    results[name] = load(url, auth, [body], 8, args.seconds / 2, filename=name)
+                peak = memory_kib(process.pid, "VmHWM")
+                flood_rows.append([
+                    label, f"{(peak - before) / 1024:.0f} MiB",
+                    *(f"{r['rate']:.1f} images/s, p99 {r['p99_ms']:.0f} ms, {r['errors']} errors"
+                      for r in results.values()),
+                ])  # fmt: skip
     finally:
+        stop(noop)
         stop(api)
+        if old_api:
+            stop(old_api)
     print()
     print(
-        f"{args.clients} concurrent one-image clients ({args.seconds:.0f} s each), "
+        f"{args.clients} concurrent one-image clients, medians of {args.rounds} interleaved "
+        f"rounds of {args.seconds:.0f} s (service / L: median, min-max), "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs"
     )
     print(
@@ -328,6 +408,7 @@ def main() -> None:
                 "service img/s",
                 "service / L",
                 "p99 @32",
+                "mean batch",
                 "errors",
             ],
             rows,
@@ -336,20 +417,53 @@ def main() -> None:
     print()
     print(
         table(
-            ["model", "service p50 @1", "in-process decode+forward", "target (1.3x + 3 ms)", "met"],
+            [
+                "model",
+                "service p50 @1",
+                "no-op endpoint p50 @1",
+                "in-process decode+forward",
+                "target (1.3x + 3 ms)",
+                "met",
+            ],
             latency_rows,
         )
     )
-    if flood_row:
+    print()
+    print(
+        table(
+            ["model", "forward channels_last img/s", "forward contiguous img/s", "ratio"],
+            layout_rows,
+        )
+    )
+    if baseline_rows:
         print()
         print(
             table(
                 [
-                    "API peak memory over its start (VmHWM - VmRSS)",
+                    "model",
+                    "baseline img/s @32",
+                    "baseline / L",
+                    "baseline p99 @32",
+                    "baseline p50 @1",
+                    "this img/s @32",
+                    "this / L",
+                    "this p99 @32",
+                    "this p50 @1",
+                ],
+                baseline_rows,
+            )
+        )
+    if flood_rows:
+        print()
+        print(
+            table(
+                [
+                    "API",
+                    "peak memory over its start (VmHWM - VmRSS)",
                     "4000x3000 JPEG, 8 clients",
                     "4000x3000 PNG, 8 clients",
                 ],
-                [flood_row],
+                flood_rows,
             )
         )
 

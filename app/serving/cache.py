@@ -31,7 +31,7 @@ class ModelCache:
         *,
         max_batch: int = 64,
         max_queued: int = 256,
-        decode_budget_pixels: int = 89_478_485,
+        decode_budget_pixels: int = 2**24,
         channels_last: bool = True,
     ) -> None:
         self.capacity = max(1, capacity)

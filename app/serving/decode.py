@@ -8,10 +8,10 @@ model-sized pixels of each (3 x H x W bytes: 37 KiB at 112 px).
 
 What a decode holds at full size is bounded for the whole process by ``PixelBudget``: formats
 that cannot decode to a smaller size (PNG, WEBP, ...) must reserve their pixels first, so a flood
-of 9,400 x 9,400 PNGs decodes a few at a time instead of all at once. Peak memory of decoding is
-therefore about ``budget x 4 bytes`` (Pillow holds RGB and RGBA at 4 bytes a pixel, L at 1),
-plus the raw uploads (each request at most TRANSFERLAB_MAX_PREDICT_BYTES), whatever the number
-of concurrent requests.
+of 9,400 x 9,400 PNGs decodes one at a time instead of all at once. Peak memory of decoding is
+therefore about ``max(budget, largest image) x 4 bytes`` (Pillow holds RGB and RGBA at 4 bytes
+a pixel, L at 1), plus the raw uploads (each request at most TRANSFERLAB_MAX_PREDICT_BYTES),
+whatever the number of concurrent requests. bench/serve.py measures a flood.
 
 NOTE shrinking before the model's resize changes the model's input slightly against timm's
 transform on the full image (libjpeg's scaling or a box filter, then the antialiased resize,
@@ -40,7 +40,8 @@ class PixelBudget:
     """How many pixels may be decoded at full size at once, across all requests of a process.
 
     A decode waits until its pixels fit; one larger than the whole budget waits until it is
-    alone. Small images (a 224 x 224 photo is 0.05 M pixels of a budget of 89 M) never wait.
+    alone. Small images (a 224 x 224 photo is 0.05 M pixels of the default 16.8 M) never wait,
+    and neither do JPEGs, which reserve only their reduced size.
     """
 
     def __init__(self, capacity: int) -> None:
