@@ -160,18 +160,24 @@ def load(
     clients: int,
     seconds: float,
     filename: str = "x.png",
+    pid: int | None = None,
 ) -> dict[str, float]:
-    """`clients` threads, each with its own httpx client, posting one image per request."""
+    """`clients` threads, each with its own httpx client, posting one image per request. With
+    ``pid``, also the CPU time that process spent per request (all its threads): on a shared
+    machine a steadier measure of the server's own cost than its requests/s."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[int] = [0] * clients
-    stop = time.perf_counter() + seconds
-    barrier = threading.Barrier(clients + 1)
+    # The window starts when every client is ready (making 32 httpx clients takes a while).
+    deadline = [0.0]
+    barrier = threading.Barrier(
+        clients + 1, action=lambda: deadline.__setitem__(0, time.perf_counter() + seconds)
+    )
 
     def client(i: int) -> None:
         with httpx.Client(headers=headers, timeout=60) as c:
             barrier.wait()
             n = i
-            while time.perf_counter() < stop:
+            while time.perf_counter() < deadline[0]:
                 t0 = time.perf_counter()
                 r = c.post(url, files=[("files", (filename, bodies[n % len(bodies)]))])
                 if r.status_code != 200:
@@ -184,12 +190,15 @@ def load(
         t.start()
     barrier.wait()
     t0 = time.perf_counter()
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
     flat = sorted(x for lat in latencies for x in lat)
     return {
         "rate": len(flat) / elapsed,
+        "cpu_ms": cpu * 1000 / max(1, len(flat)),
         "p50_ms": flat[len(flat) // 2] * 1000,
         "p99_ms": flat[int(len(flat) * 0.99)] * 1000,
         "errors": sum(errors),
@@ -235,6 +244,12 @@ def batch_metrics(port: int, auth: dict[str, str]) -> tuple[float, float]:
         values.get("transferlab_inference_batch_images_sum", 0.0),
         values.get("transferlab_inference_batch_images_count", 0.0),
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -324,23 +339,24 @@ def main() -> None:
             m: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 ref = in_process(settings, model_id, images, args.batch, 2.0)
-                h = load(noop_url, {}, images, args.clients, args.seconds)
+                h = load(noop_url, {}, images, args.clients, args.seconds, pid=noop.pid)
                 h1 = load(noop_url, {}, images, 1, args.seconds / 2)
                 before = batch_metrics(port, auth)
-                svc = load(url, auth, images, args.clients, args.seconds)
+                svc = load(url, auth, images, args.clients, args.seconds, pid=api.pid)
                 after = batch_metrics(port, auth)
                 one = load(url, auth, images, 1, args.seconds / 2)
                 got = {
                     **ref, "H": h["rate"], "H1_ms": h1["p50_ms"], "svc": svc["rate"],
                     "p99": svc["p99_ms"], "errors": svc["errors"], "one_ms": one["p50_ms"],
+                    "H_cpu": h["cpu_ms"], "cpu": svc["cpu_ms"],
                     "batch": (after[0] - before[0]) / max(1, after[1] - before[1]),
                     "L": 1 / (1 / ref["F"] + 1 / ref["P"] + 1 / h["rate"]),
                 }  # fmt: skip
                 got["ratio"] = got["svc"] / got["L"]
                 if old_api:
-                    old = load(old_url, auth, images, args.clients, args.seconds)
+                    old = load(old_url, auth, images, args.clients, args.seconds, pid=old_api.pid)
                     old_one = load(old_url, auth, images, 1, args.seconds / 2)
-                    got |= {"old": old["rate"], "old_p99": old["p99_ms"]}
+                    got |= {"old": old["rate"], "old_p99": old["p99_ms"], "old_cpu": old["cpu_ms"]}
                     got |= {"old_ratio": old["rate"] / got["L"], "old_one_ms": old_one["p50_ms"]}
                 for k, v in got.items():
                     m.setdefault(k, []).append(v)
@@ -350,6 +366,7 @@ def main() -> None:
                 f"{med(m['L']):.0f}", f"{med(m['svc']):.0f}",
                 f"{med(m['ratio']):.2f} ({min(m['ratio']):.2f}-{max(m['ratio']):.2f})",
                 f"{med(m['p99']):.0f} ms", f"{med(m['batch']):.1f}", f"{sum(m['errors']):.0f}",
+                f"{med(m['cpu']):.2f} ms", f"{med(m['H_cpu']):.2f} ms",
             ])  # fmt: skip
             bound = 1.3 * med(m["single_ms"]) + 3
             latency_rows.append([
@@ -365,8 +382,10 @@ def main() -> None:
                 baseline_rows.append([
                     spec, f"{med(m['old']):.0f}", f"{med(m['old_ratio']):.2f}",
                     f"{med(m['old_p99']):.0f} ms", f"{med(m['old_one_ms']):.1f} ms",
+                    f"{med(m['old_cpu']):.2f} ms",
                     f"{med(m['svc']):.0f}", f"{med(m['ratio']):.2f}",
                     f"{med(m['p99']):.0f} ms", f"{med(m['one_ms']):.1f} ms",
+                    f"{med(m['cpu']):.2f} ms",
                 ])  # fmt: skip
         flood_rows = []
         if not args.skip_flood:
@@ -410,6 +429,8 @@ def main() -> None:
                 "p99 @32",
                 "mean batch",
                 "errors",
+                "API CPU / img",
+                "no-op CPU / req",
             ],
             rows,
         )
@@ -445,10 +466,12 @@ def main() -> None:
                     "baseline / L",
                     "baseline p99 @32",
                     "baseline p50 @1",
+                    "baseline API CPU / img",
                     "this img/s @32",
                     "this / L",
                     "this p99 @32",
                     "this p50 @1",
+                    "this API CPU / img",
                 ],
                 baseline_rows,
             )

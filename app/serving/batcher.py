@@ -8,8 +8,9 @@ at once, and batches grow by themselves while a forward pass is running and requ
 Under overload the queue does not grow past ``max_queued`` images: a request that would pass it
 gets 503 ``overloaded`` with a ``Retry-After`` instead.
 
-Torch runs only on these threads, never on the event loop; one thread per model also means the
-forward passes of one model never compete with each other for the cores.
+Torch never runs on the event loop. A lone request on an idle model runs its forward pass on
+its own worker thread instead (``run``), so it pays no hand-off; either way one model runs one
+forward pass at a time, so its passes never compete with each other for the cores.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Batcher:
         self._queued_images = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = False  # a forward pass is running (on the inference thread or inline)
         self._rate = 0.0  # images/s of recent forward passes (an EMA), for Retry-After
         self._thread = threading.Thread(target=self._run, name=f"inference-{name}", daemon=True)
         self._thread.start()
@@ -103,8 +105,29 @@ class Batcher:
         return request.future
 
     def run(self, kind: Kind, pixels: Sequence[np.ndarray]) -> torch.Tensor:
-        """Submit and wait for the answer (from a worker thread, never the event loop)."""
-        return self.submit(kind, pixels).result()
+        """The rows of ``pixels``; blocks, so call it from a worker thread, never the event loop.
+
+        When the model is idle and nothing waits, the calling thread runs the forward pass
+        itself, with the model claimed as the inference thread would claim it: a lone request
+        then costs no hand-off to the inference thread and back. Requests that arrive meanwhile
+        queue, and the inference thread batches them as soon as this pass ends.
+        """
+        with self._cond:
+            inline = not self._busy and not self._queue and not self._closed
+            self._busy = self._busy or inline
+        if not inline:
+            return self.submit(kind, pixels).result()
+        request = _Request(kind, pixels)
+        try:
+            self._forward(kind, [request])
+        finally:
+            self._release()
+        return request.future.result()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify()
 
     def close(self, timeout: float = 30.0) -> None:
         """Answer what is queued, then stop the thread."""
@@ -120,9 +143,12 @@ class Batcher:
 
     def _take(self) -> list[_Request] | None:
         with self._cond:
-            self._cond.wait_for(lambda: self._queue or self._closed)
+            self._cond.wait_for(
+                lambda: (self._queue and not self._busy) or (self._closed and not self._queue)
+            )
             if not self._queue:
                 return None  # closed and drained
+            self._busy = True
             taken = [self._queue.popleft()]
             size = len(taken[0].pixels)
             while self._queue and size + len(self._queue[0].pixels) <= self.max_batch:
@@ -134,10 +160,13 @@ class Batcher:
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:
-            for kind in ("probabilities", "embeddings"):
-                group = [r for r in taken if r.kind == kind]
-                if group:
-                    self._forward(kind, group)
+            try:
+                for kind in ("probabilities", "embeddings"):
+                    group = [r for r in taken if r.kind == kind]
+                    if group:
+                        self._forward(kind, group)
+            finally:
+                self._release()
 
     def _forward(self, kind: Kind, group: list[_Request]) -> None:
         start = time.perf_counter()

@@ -150,7 +150,9 @@ def test_shutdown_answers_what_is_queued_and_stops_the_threads(settings, model_i
     assert len(client.app.state.model_cache) == 0
 
 
-def test_inference_runs_on_its_own_thread_not_the_event_loop(client, settings, model_id, photos):
+def test_torch_never_runs_on_the_event_loop(client, settings, model_id, photos):
+    """A lone request on an idle model runs inline on its worker thread; requests that queue
+    behind a running pass run on the model's inference thread; neither is the event loop's."""
     seen: list[str] = []
     batcher = batcher_of(client, settings, model_id)
     hook = batcher.predictor.model.register_forward_pre_hook(
@@ -158,9 +160,13 @@ def test_inference_runs_on_its_own_thread_not_the_event_loop(client, settings, m
     )
     try:
         assert post(client, model_id, photos[:2]).status_code == 200
+        send_gated(client, settings, model_id, [[p] for p in photos[:3]])
     finally:
         hook.remove()
-    assert seen == [f"inference-{model_id}"]
+    loop_threads = {t.name for t in threading.enumerate() if "portal" in t.name.lower()}
+    assert seen[0].startswith("AnyIO worker thread")  # the lone request, inline
+    assert seen[-1] == f"inference-{model_id}"  # the three queued behind the gate
+    assert not set(seen) & ({"MainThread"} | loop_threads)
 
 
 @contextmanager
