@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -410,6 +411,7 @@ def main() -> None:
         stop(api)
         if old_api:
             stop(old_api)
+        shutil.rmtree(tmp, ignore_errors=True)
     print()
     print(
         f"{args.clients} concurrent one-image clients, medians of {args.rounds} interleaved "
