@@ -21,6 +21,7 @@ class ServiceError(Exception):
         code: str | None = None,
         status_code: int | None = None,
         details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -29,6 +30,7 @@ class ServiceError(Exception):
         if status_code is not None:
             self.status_code = status_code
         self.details = details or {}
+        self.headers = headers or {}  # e.g. Retry-After on 503 overloaded
 
 
 class NotFound(ServiceError):

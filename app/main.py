@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_keys_exist(settings, db)
         await anyio.to_thread.run_sync(clean_up_after_crashes, settings, db)
         yield
+        app.state.model_cache.close()  # answers queued predictions, stops inference threads
         db.dispose()
 
     app = FastAPI(
@@ -78,7 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.queue = JobQueue(settings)
-    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.model_cache = ModelCache(
+        settings.model_cache_size,
+        max_batch=settings.predict_max_batch,
+        max_queued=settings.predict_max_queued,
+        decode_budget_pixels=settings.decode_budget_pixels,
+        channels_last=settings.predict_channels_last,
+    )
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_error_handlers(app)
     for module in (datasets, uploads, jobs, models, catalog, keys, health):
@@ -124,7 +131,7 @@ def body_rules(settings: Settings) -> dict:
                 f"a part holds at most {upload_service.MAX_PART_BYTES} bytes (its part_size)",
             ),
             BodyRule(
-                re.compile(r"/v1/models/[^/]+/predict"),
+                re.compile(r"/v1/models/[^/]+/(predict|embed)"),
                 settings.max_predict_bytes + PREDICT_OVERHEAD_BYTES,
                 "predict_too_large",
                 "send fewer or smaller images per request (TRANSFERLAB_MAX_PREDICT_BYTES)",

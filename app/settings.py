@@ -95,6 +95,24 @@ class Settings(BaseSettings):
         description="intra-op threads of a worker's torch; default: torch's own (one per core)",
     )
     model_cache_size: int = 4
+    predict_max_batch: int = Field(
+        default=64, ge=1, le=1024, description="most images in one forward pass of a served model"
+    )
+    predict_max_queued: int = Field(
+        default=256,
+        ge=1,
+        description="most images waiting for one served model; past it, 503 overloaded",
+    )
+    decode_budget_pixels: int = Field(
+        default=2**24,
+        ge=1,
+        description="pixels decoded at full size at once in an API process, all requests "
+        "together (about 4 bytes each): bounds decoding memory under a flood of large images; "
+        "one image larger than this decodes alone",
+    )
+    predict_channels_last: bool = Field(
+        default=True, description="served models run in NHWC (see README, Serving)"
+    )
     progress_interval_s: float = Field(
         default=2.0, description="how often a running job writes its step progress"
     )

@@ -55,7 +55,9 @@ class _ScopeCheck:
     def __init__(self, scope: str) -> None:
         self.scope = scope
 
-    def __call__(
+    # async: it only reads request.state, and FastAPI would run a plain def in its threadpool
+    # (a hand-off there and back on every request; see app/api/deps.py).
+    async def __call__(
         self,
         request: Request,
         _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),

@@ -6,12 +6,19 @@ from fastapi.responses import FileResponse
 from app.api.auth import require_scope
 from app.api.deps import ModelCacheDep, SessionDep, SettingsDep, ValidModel
 from app.api.schemas.common import MAX_OFFSET, ZIP_RESPONSE, Page, error_responses
-from app.api.schemas.models import ClassScore, ImagePrediction, ModelOut, PredictionOut
+from app.api.schemas.models import (
+    ClassScore,
+    EmbeddingOut,
+    ImageEmbedding,
+    ImagePrediction,
+    ModelOut,
+    PredictionOut,
+)
 from app.db.repositories import models as repo
 from app.errors import PayloadTooLarge
 from app.naming import slugify
 from app.services import models as service
-from app.serving.predict import predict_uploads
+from app.serving.predict import embed_uploads, predict_uploads
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -61,15 +68,36 @@ def download_model(model: ValidModel, settings: SettingsDep) -> FileResponse:
     return FileResponse(path, media_type="application/zip", filename=filename)
 
 
+PREDICT_FILES = File(description="images (JPEG, PNG, BMP, GIF, WEBP, TIFF)")
+
+
+def read_uploads(files: list[UploadFile], limit_bytes: int) -> list[tuple[str, bytes]]:
+    payload: list[tuple[str, bytes]] = []
+    total = 0
+    for upload in files:
+        data = upload.file.read(limit_bytes + 1)
+        total += len(data)
+        if total > limit_bytes:
+            raise PayloadTooLarge(
+                f"images in one request may total at most {limit_bytes} bytes",
+                code="predict_too_large",
+                details={"limit_bytes": limit_bytes},
+            )
+        payload.append((upload.filename or f"image{len(payload)}", data))
+    return payload
+
+
 @router.post(
     "/{model_id}/predict",
     response_model=PredictionOut,
-    responses=error_responses(400, 404, 413, 422),
+    responses=error_responses(400, 404, 413, 422, 503),
     summary="Classify one or several images",
     dependencies=[require_scope("predict")],
     description=(
         "Multipart field `files`, repeated once per image. Each image gets the top-k classes "
         "with probabilities, computed with exactly the model's evaluation preprocessing. "
+        "Concurrent requests for one model are batched into one forward pass; when too many "
+        "images wait, the answer is 503 `overloaded` with a `Retry-After` header. "
         "Example: `curl -F files=@a.png -F files=@b.png localhost:8000/v1/models/<id>/predict`"
     ),
 )
@@ -77,26 +105,16 @@ def predict(
     model: ValidModel,
     settings: SettingsDep,
     cache: ModelCacheDep,
-    files: list[UploadFile] = File(description="images (JPEG, PNG, BMP, GIF, WEBP, TIFF)"),
+    files: list[UploadFile] = PREDICT_FILES,
     top_k: int = Query(5, ge=1, le=1000),
 ) -> PredictionOut:
-    payload: list[tuple[str, bytes]] = []
-    total = 0
-    for upload in files:
-        data = upload.file.read(settings.max_predict_bytes + 1)
-        total += len(data)
-        if total > settings.max_predict_bytes:
-            raise PayloadTooLarge(
-                f"images in one request may total at most {settings.max_predict_bytes} bytes",
-                code="predict_too_large",
-                details={"limit_bytes": settings.max_predict_bytes},
-            )
-        payload.append((upload.filename or f"image{len(payload)}", data))
+    # A plain def: FastAPI runs it in its threadpool, so decoding runs in parallel across
+    # requests and the wait for the model's inference thread never blocks the event loop.
     results = predict_uploads(
         cache,
         str(model.id),
         settings.artifacts.path(model.artifact_key),
-        payload,
+        read_uploads(files, settings.max_predict_bytes),
         top_k=top_k,
         max_files=settings.max_predict_files,
         max_pixels=settings.max_image_pixels,
@@ -109,4 +127,39 @@ def predict(
             )
             for name, scores in results
         ],
+    )
+
+
+@router.post(
+    "/{model_id}/embed",
+    response_model=EmbeddingOut,
+    responses=error_responses(400, 404, 413, 422, 503),
+    summary="Embed one or several images: the pre-logits vector of each",
+    dependencies=[require_scope("predict")],
+    description=(
+        "Multipart field `files`, repeated once per image, as for `predict`. Each image gets the "
+        "vector the model's classifier reads (for a linear probe on an intermediate stage, the "
+        "pooled features its head reads), with the model's evaluation preprocessing; the same "
+        "features an `extract_features` job computes. Batched with concurrent requests. "
+        "Example: `curl -F files=@a.png localhost:8000/v1/models/<id>/embed`"
+    ),
+)
+def embed(
+    model: ValidModel,
+    settings: SettingsDep,
+    cache: ModelCacheDep,
+    files: list[UploadFile] = PREDICT_FILES,
+) -> EmbeddingOut:
+    results = embed_uploads(
+        cache,
+        str(model.id),
+        settings.artifacts.path(model.artifact_key),
+        read_uploads(files, settings.max_predict_bytes),
+        max_files=settings.max_predict_files,
+        max_pixels=settings.max_image_pixels,
+    )
+    return EmbeddingOut(
+        model_id=model.id,
+        dimension=len(results[0][1]),
+        embeddings=[ImageEmbedding(filename=name, vector=vector) for name, vector in results],
     )

@@ -26,7 +26,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
-PREDICT_BATCH = 64  # bounds memory for large requests (nothing batches across requests yet)
+PREDICT_BATCH = 64  # bounds memory; the API batches across requests itself (app/serving)
 
 
 def save_artifact(model: nn.Module, card: ModelCard, directory: Path) -> None:

@@ -49,6 +49,15 @@ PREDICTION_IMAGES = Histogram(
     "images per prediction request (the batch size)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+INFERENCE_BATCH_IMAGES = Histogram(
+    "transferlab_inference_batch_images",
+    "images per forward pass of a model's inference thread (requests merged into one batch)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+INFERENCE_QUEUE_REFUSED = Counter(
+    "transferlab_inference_overloaded_total",
+    "prediction and embedding requests refused with 503 overloaded (the model's queue was full)",
+)
 MODEL_CACHE_HITS = Counter(
     "transferlab_model_cache_hits_total", "predictions served by a model already in memory"
 )

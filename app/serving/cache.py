@@ -1,27 +1,50 @@
-"""Loaded models, kept in the API process so a prediction does not reload weights each time."""
+"""Loaded models, kept in the API process so a prediction does not reload weights each time.
+
+Each loaded model has its batcher (one inference thread, ``app.serving.batcher``); the cache
+owns them, closes a model's batcher when the model is evicted, and all of them at shutdown
+(the app's lifespan). The decode budget is process-wide, so it lives here too.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
-from torch import nn
+import numpy as np
+import torch
 
-from app.engine import ModelCard, load_artifact
+from app.engine import load_artifact
+from app.engine.inference import Predictor
 from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
+from app.serving.batcher import Batcher, BatcherClosed, Kind
+from app.serving.decode import PixelBudget
 
 
 class ModelCache:
-    """A small LRU of (model, card) by model version id. Versions are immutable, so no staleness."""
+    """A small LRU of batchers by model version id. Versions are immutable, so no staleness."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_batch: int = 64,
+        max_queued: int = 256,
+        decode_budget_pixels: int = 2**24,
+        channels_last: bool = True,
+    ) -> None:
         self.capacity = max(1, capacity)
-        self._items: OrderedDict[str, tuple[nn.Module, ModelCard]] = OrderedDict()
+        self.max_batch = max_batch
+        self.max_queued = max_queued
+        self.channels_last = channels_last
+        self.decode_budget = PixelBudget(decode_budget_pixels)
+        self._items: OrderedDict[str, Batcher] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0  # how many times weights were read from disk (for tests and metrics)
 
-    def get(self, key: str, artifact_dir: Path) -> tuple[nn.Module, ModelCard]:
+    def batcher(self, key: str, artifact_dir: Path) -> Batcher:
+        """The model's batcher, loading the model on first use (counted as a hit or a miss)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -30,12 +53,42 @@ class ModelCache:
             MODEL_CACHE_MISSES.inc()
             # Loading under the lock: two requests for a cold model load it once, and a laptop
             # never holds more than `capacity` models plus the one being loaded.
-            item = load_artifact(artifact_dir)
+            model, card = load_artifact(artifact_dir)
             self.loads += 1
-            self._items[key] = item
+            batcher = Batcher(
+                Predictor(model, card, channels_last=self.channels_last),
+                name=key,
+                max_batch=self.max_batch,
+                max_queued=self.max_queued,
+            )
+            self._items[key] = batcher
             while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-            return item
+                # Requests already queued on it are answered before its thread stops.
+                self._items.popitem(last=False)[1].close(timeout=0)
+            return batcher
+
+    def run(
+        self,
+        key: str,
+        artifact_dir: Path,
+        kind: Kind,
+        pixels: Sequence[np.ndarray],
+        batcher: Batcher | None = None,
+    ) -> torch.Tensor:
+        """Rows of ``kind`` for ``pixels``, through the model's batcher (blocks the caller)."""
+        for _ in range(3):
+            try:
+                return (batcher or self.batcher(key, artifact_dir)).run(kind, pixels)
+            except BatcherClosed:
+                batcher = None  # evicted between lookup and submit: load it again
+        raise RuntimeError(f"model {key} was evicted three times while a request waited")
+
+    def close(self) -> None:
+        with self._lock:
+            batchers = list(self._items.values())
+            self._items.clear()
+        for batcher in batchers:
+            batcher.close()
 
     def __len__(self) -> int:
         return len(self._items)

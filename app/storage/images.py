@@ -13,6 +13,7 @@ The order of checks is the point:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import warnings
@@ -31,8 +32,8 @@ _OPEN_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 # warnings.catch_warnings() swaps the process-wide filter list (Python < 3.14 has no per-thread
 # filters), so two threads inside it at once can leave the "error" filter installed for everyone
 # after both exit. Serialising our own uses keeps the global state exactly as we found it.
-# NOTE this serialises decoding across threads of one process; an 8x8 PNG takes ~0.1 ms,
-# a 12-megapixel JPEG ~50 ms.
+# NOTE held while a header is parsed (and while a GIF decodes, see load_checked), not while
+# other formats decode: a 12-megapixel JPEG takes ~50 ms to decode.
 _WARNINGS_LOCK = threading.Lock()
 
 
@@ -56,6 +57,18 @@ def open_image(source: bytes | str | Path | BinaryIO, max_pixels: int) -> Image.
 
 
 def _open_loaded(fp: BinaryIO | io.BytesIO, max_pixels: int) -> Image.Image:
+    img = open_unloaded(fp, max_pixels)
+    load_checked(img, max_pixels)
+    return img
+
+
+def open_unloaded(source: bytes | BinaryIO, max_pixels: int) -> Image.Image:
+    """Open an image and check its format and size from the header; no pixel is decoded yet.
+
+    Serving uses this to shrink the decode (``Image.draft``) and to reserve memory for it
+    before ``load_checked`` decodes. The caller closes the image.
+    """
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     if fp.seekable():
         start = fp.tell()
         empty = fp.seek(0, io.SEEK_END) == start
@@ -78,8 +91,27 @@ def _open_loaded(fp: BinaryIO | io.BytesIO, max_pixels: int) -> Image.Image:
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             # Pillow's header parsers raise all of these on malformed input.
             raise _rejected(f"the image header is corrupt ({exc})") from exc
+    try:
+        _check_header(img, max_pixels)
+    except ImageRejected:
+        img.close()
+        raise
+    return img
+
+
+def load_checked(img: Image.Image, max_pixels: int) -> None:
+    """Decode the pixels of an image from ``open_unloaded``; closed and rejected on failure.
+
+    NOTE only GIF decodes under the warnings lock: its frames run Pillow's bomb check again
+    while they load. Other formats decode in parallel in as many threads as call this (Pillow
+    releases the GIL while it decodes); before, every decode of the process was serialised.
+    """
+    with contextlib.ExitStack() as stack:
+        if img.format == "GIF":
+            stack.enter_context(_WARNINGS_LOCK)
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            _check_header(img, max_pixels)
             img.load()
             # A GIF may grow past its declared screen while its first frame is decoded.
             _check_header(img, max_pixels)
@@ -92,7 +124,6 @@ def _open_loaded(fp: BinaryIO | io.BytesIO, max_pixels: int) -> Image.Image:
         except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
             img.close()
             raise _rejected(f"the image is truncated or corrupt ({exc})") from exc
-    return img
 
 
 def check_image_file(path: str | Path, max_pixels: int) -> str | None:

@@ -65,6 +65,11 @@ def fuzz_config(admin_key: str) -> schemathesis.Config:
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 422]}},
                 },
                 {
+                    # The same for embeddings: the same files, the same 422 `image_invalid`.
+                    "include-name": "POST /v1/models/{model_id}/embed",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 422]}},
+                },
+                {
                     # Deliberate: rules JSON Schema cannot state are checked on submit and
                     # answered with the documented 422 `validation_error` (warmup_epochs <
                     # epochs; each strategy's own options).

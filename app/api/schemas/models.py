@@ -89,3 +89,28 @@ class PredictionOut(BaseModel):
             ]
         }
     }
+
+
+class ImageEmbedding(BaseModel):
+    filename: str
+    vector: list[float]
+
+
+class EmbeddingOut(BaseModel):
+    model_id: uuid.UUID
+    dimension: int = Field(description="length of every vector")
+    embeddings: list[ImageEmbedding]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model_id": "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00",
+                    "dimension": 4,
+                    "embeddings": [
+                        {"filename": "cat.jpg", "vector": [0.0, 1.73, 0.41, 0.02]},
+                    ],
+                }
+            ]
+        }
+    }
