@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import catalog, datasets, health, jobs, keys, models
+from app.api import catalog, datasets, health, jobs, keys, models, registry
 from app.api.auth import ApiKeyAuth, KeyCache, check_route_scopes, require_scope
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
@@ -24,6 +24,7 @@ from app.queue import JobQueue
 from app.services import idempotency
 from app.services import keys as key_service
 from app.serving.cache import ModelCache
+from app.serving.resolver import ModelResolver
 from app.settings import Settings, get_settings
 from app.storage.sweep import sweep_leftovers
 
@@ -72,10 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.queue = JobQueue(settings)
-    app.state.model_cache = ModelCache(settings.model_cache_size)
+    app.state.model_cache = ModelCache(settings.model_cache_size, backend=settings.serving_backend)
+    app.state.model_resolver = ModelResolver(settings.registry_cache_s)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_error_handlers(app)
-    for module in (datasets, jobs, models, catalog, keys, health):
+    for module in (datasets, jobs, models, registry, catalog, keys, health):
         app.include_router(module.router)
     install_observability(
         app, settings, dependencies=[require_scope("read")], responses=error_responses()

@@ -90,6 +90,17 @@ class Settings(BaseSettings):
         description="intra-op threads of a worker's torch; default: torch's own (one per core)",
     )
     model_cache_size: int = 4
+    registry_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often an API process checks whether aliases moved or versions were "
+        "deleted elsewhere: name@alias follows a move made by another process within this time",
+    )
+    serving_backend: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="what runs a prediction's forward pass: eager torch, or onnxruntime on the "
+        "version's model.onnx (versions without one use torch); bench/onnx.py measures both",
+    )
     progress_interval_s: float = Field(
         default=2.0, description="how often a running job writes its step progress"
     )

@@ -32,7 +32,9 @@ from app.engine import (
     ModelSource,
     TrainingCancelled,
     TrainResult,
+    export_onnx,
     extract_embeddings,
+    load_artifact,
     run_training,
     save_artifact,
 )
@@ -352,6 +354,7 @@ def _register_model(
     final_dir = settings.artifacts.path(key)
     partial = final_dir.with_name(final_dir.name + ".partial")
     save_artifact(result.model, result.card, partial)
+    onnx = _export_onnx(partial)
     partial.rename(final_dir)  # a model folder is complete or absent
     evaluation = result.evaluation
     metrics = {
@@ -363,6 +366,7 @@ def _register_model(
         "epochs": len(result.history),
         # What the engine chose where the spec left it open (augmentation "auto", keep_best).
         **result.choices,
+        "onnx": onnx,
     }
     name = spec.name or slugify(dataset.name)
     try:
@@ -400,6 +404,20 @@ def _register_model(
     except BaseException:
         shutil.rmtree(final_dir, ignore_errors=True)
         raise
+
+
+def _export_onnx(folder: Path) -> dict[str, Any]:
+    """Export the saved model to ONNX beside its weights, checked against it (the eager model as
+    the API loads it, on CPU). Part of making a version rather than a job of its own: the model
+    is at hand, every version gets an export, and it costs seconds (bench/onnx.py) against a
+    training run's minutes. A failed export leaves the version without ONNX (served by torch,
+    the reason in metrics.onnx.error), never fails the training job."""
+    try:
+        model, card = load_artifact(folder, device="cpu")
+        return export_onnx(model, card, folder).to_dict()
+    except Exception as exc:
+        log.warning("ONNX export of %s failed: %s", folder.name, exc, exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def _latest(result: TrainResult) -> dict:

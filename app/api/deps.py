@@ -4,19 +4,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 from sqlalchemy.orm import Session
 
 from app.api.auth import current_principal
-from app.db.models import Dataset, Job, ModelVersion
+from app.db.models import Dataset, Job
 from app.db.session import Database
 from app.queue import JobQueue
 from app.services import datasets as dataset_service
 from app.services import jobs as job_service
-from app.services import models as model_service
 from app.services.idempotency import KEY_PATTERN
 from app.services.keys import Principal
 from app.serving.cache import ModelCache
+from app.serving.resolver import REF_HELP, ModelResolver, ResolvedModel
 from app.settings import Settings
 
 
@@ -47,10 +47,15 @@ def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
+def get_resolver(request: Request) -> ModelResolver:
+    return request.app.state.model_resolver
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+ResolverDep = Annotated[ModelResolver, Depends(get_resolver)]
 
 
 def valid_dataset(dataset_id: uuid.UUID, session: SessionDep) -> Dataset:
@@ -61,13 +66,24 @@ def valid_job(job_id: uuid.UUID, session: SessionDep) -> Job:
     return job_service.get_job(session, job_id)
 
 
-def valid_model(model_id: uuid.UUID, session: SessionDep) -> ModelVersion:
-    return model_service.get_model(session, model_id)
+def valid_model(
+    session: SessionDep,
+    resolver: ResolverDep,
+    model_id: str = Path(
+        min_length=1,
+        max_length=240,
+        description=f"the model version: {REF_HELP}",
+        examples=["0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00", "digits:2", "digits@prod"],
+    ),
+) -> ResolvedModel:
+    """The one resolver of ``{model_id}`` for every model route. Once a reference is known it
+    costs no SQL (app.serving.resolver): the session opens no connection until it is used."""
+    return resolver.resolve(session, model_id)
 
 
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
 ValidJob = Annotated[Job, Depends(valid_job)]
-ValidModel = Annotated[ModelVersion, Depends(valid_model)]
+ValidModel = Annotated[ResolvedModel, Depends(valid_model)]
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

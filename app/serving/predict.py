@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from app.engine import predict
+from app.engine import predict_with
 from app.errors import InvalidInput, PayloadTooLarge, ServiceError
 from app.observability.metrics import PREDICTION_IMAGES, PREDICTION_LATENCY
 from app.serving.cache import ModelCache
@@ -66,8 +66,8 @@ def predict_uploads(
             exc.details = {**exc.details, "filename": filename}
             exc.message = f"{filename}: {exc.message}"
             raise
-    model, card = cache.get(model_id, artifact_dir)
-    results = predict(model, card, images, top_k=top_k)
+    backend, card = cache.backend(model_id, artifact_dir)
+    results = predict_with(backend.forward, card, images, top_k=top_k)
     # Successful requests only: a rejected one says nothing about serving speed.
     PREDICTION_LATENCY.observe(time.perf_counter() - start)
     PREDICTION_IMAGES.observe(len(images))
