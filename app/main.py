@@ -35,7 +35,8 @@ Upload an image dataset, fine-tune a pretrained backbone on it, get a versioned 
 
 **Authentication.** Every `/v1` endpoint needs an API key with the right scope, sent as
 `Authorization: Bearer tl_...` (`read`: every GET; `train`: upload and delete datasets, submit
-and cancel jobs; `predict`: prediction; `admin`: everything, and keys). Create keys with
+and cancel jobs, move aliases, tag, archive and delete model versions; `predict`: prediction;
+`admin`: everything, and keys). Create keys with
 `transferlab keys create --scopes read,train --name ci`. `/healthz` and `/readyz` are open.
 
 Every error has the same shape: `{"error": {"code": "...", "message": "...", "details": {}}}`;

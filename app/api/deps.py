@@ -70,8 +70,10 @@ def valid_model(
     session: SessionDep,
     resolver: ResolverDep,
     model_id: str = Path(
-        min_length=1,
-        max_length=240,
+        # NOTE no `pattern` in the schema: parse_ref checks REF_PATTERN and answers 422
+        # invalid_model_ref saying what a reference looks like. With the pattern in the schema,
+        # schemathesis 4.32's stateful run failed inside hypothesis (FlakyStrategyDefinition on
+        # the pattern's alternation), so the fuzz test accepts that 422 instead.
         description=f"the model version: {REF_HELP}",
         examples=["0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00", "digits:2", "digits@prod"],
     ),

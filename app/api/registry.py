@@ -6,7 +6,9 @@ Scopes: reading is ``read``; moving an alias, tagging, archiving and deleting ar
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, status
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, status
 
 from app.api.auth import require_scope
 from app.api.deps import (
@@ -18,7 +20,14 @@ from app.api.deps import (
     ValidModel,
 )
 from app.api.schemas.common import SLUG_PATTERN, error_responses
-from app.api.schemas.models import AliasEventOut, AliasOut, AliasTarget, ModelOut
+from app.api.schemas.models import (
+    AliasEventOut,
+    AliasOut,
+    AliasTarget,
+    AliasToModel,
+    AliasToVersion,
+    ModelOut,
+)
 from app.db.repositories import models as models_repo
 from app.services import registry as service
 
@@ -92,16 +101,19 @@ def get_alias(session: SessionDep, name: str = ModelName, alias: str = AliasName
     dependencies=[require_scope("train")],
 )
 def put_alias(
-    target: AliasTarget,
+    target: Annotated[
+        AliasTarget,
+        Body(examples=[{"version": 3}, {"model_id": "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00"}]),
+    ],
     session: SessionDep,
     resolver: ResolverDep,
     principal: CurrentPrincipal,
     name: str = ModelName,
     alias: str = AliasName,
 ) -> AliasOut:
-    view = service.set_alias(
-        session, name, alias, version=target.version, model_id=target.model_id, by=principal
-    )
+    version = target.version if isinstance(target, AliasToVersion) else None
+    model_id = target.model_id if isinstance(target, AliasToModel) else None
+    view = service.set_alias(session, name, alias, version=version, model_id=model_id, by=principal)
     resolver.after_commit(session, lambda: resolver.forget_alias(name, alias))
     return _alias_out(view)
 

@@ -27,6 +27,7 @@ in the steady state a process spends one tiny query per ``ttl_s``, not one per r
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -41,10 +42,14 @@ from app.db.models import ModelVersion
 from app.db.repositories import models as models_repo
 from app.db.repositories import registry as registry_repo
 from app.errors import InvalidInput
-from app.naming import is_slug
 from app.services.models import ModelNotFound
 
 REF_HELP = "a version id (uuid), name:version (digits:3) or name@alias (digits@prod)"
+_SLUG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# The OpenAPI pattern of a reference, and exactly what parse_ref accepts.
+REF_PATTERN = rf"^(?:{_UUID}|{_SLUG}:[1-9][0-9]{{0,8}}|{_SLUG}@{_SLUG})$"
+_REF = re.compile(REF_PATTERN[1:-1])
 
 
 class InvalidModelRef(InvalidInput):
@@ -77,19 +82,14 @@ class ResolvedModel:
 
 
 def parse_ref(text: str) -> ModelRef:
-    if "@" in text:
-        name, _, alias = text.partition("@")
-        if is_slug(name) and is_slug(alias):
+    if _REF.fullmatch(text):
+        if "@" in text:
+            name, _, alias = text.partition("@")
             return ModelRef(text, name=name, alias=alias)
-    elif ":" in text:
-        name, _, number = text.rpartition(":")
-        if is_slug(name) and number.isdigit() and len(number) <= 9 and int(number) >= 1:
+        if ":" in text:
+            name, _, number = text.partition(":")
             return ModelRef(text, name=name, version=int(number))
-    else:
-        try:
-            return ModelRef(text, model_id=uuid.UUID(text))
-        except ValueError:
-            pass
+        return ModelRef(text, model_id=uuid.UUID(text))
     raise InvalidModelRef(
         f"{text[:120]!r} is not a model reference; use {REF_HELP}",
         details={"ref": text[:120]},

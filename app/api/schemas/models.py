@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import ORMModel, UTCDateTime
 from app.db.models import ModelVersion
@@ -80,22 +80,23 @@ class ModelOut(ORMModel):
         return view
 
 
-class AliasTarget(BaseModel):
-    """Where an alias should point: a version number of the model, or a version id."""
+class AliasToVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
 
+    version: int = Field(ge=1, le=10**9, description="a version number of this model")
+
+
+class AliasToModel(BaseModel):
     model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"version": 3}, {"model_id": MODEL_EXAMPLE["id"]}]},
+        extra="forbid", json_schema_extra={"examples": [{"model_id": MODEL_EXAMPLE["id"]}]}
     )
 
-    version: int | None = Field(None, ge=1, le=10**9, description="a version number of this model")
-    model_id: uuid.UUID | None = Field(None, description="or a version id (of this model)")
+    model_id: uuid.UUID = Field(description="a version id (of this model)")
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> AliasTarget:
-        if (self.version is None) == (self.model_id is None):
-            raise ValueError("give exactly one of 'version' or 'model_id'")
-        return self
+
+# Where an alias should point: exactly one of the two (a union of closed objects, so the schema
+# itself says "one, not both").
+AliasTarget = AliasToVersion | AliasToModel
 
 
 class AliasEventOut(ORMModel):
