@@ -97,9 +97,9 @@ class Settings(BaseSettings):
         "deleted elsewhere: name@alias follows a move made by another process within this time",
     )
     serving_backend: Literal["torch", "onnx"] = Field(
-        default="torch",
-        description="what runs a prediction's forward pass: eager torch, or onnxruntime on the "
-        "version's model.onnx (versions without one use torch); bench/onnx.py measures both",
+        default="onnx",
+        description="what runs a prediction's forward pass: onnxruntime on the version's "
+        "model.onnx (versions without one use torch), or eager torch; bench/onnx_vs_torch.py",
     )
     progress_interval_s: float = Field(
         default=2.0, description="how often a running job writes its step progress"

@@ -6,10 +6,12 @@ eager torch (contiguous, as the API serves it), eager torch with channels_last, 
 (the API's OnnxBackend). Backends are timed in turns, round after round, and each figure is the
 median of the rounds, so load from other processes falls on all of them alike.
 
-    .venv/bin/python bench/onnx.py             # about 3 minutes on 2 CPU cores
-    .venv/bin/python bench/onnx.py --rounds 9  # steadier figures on a busy machine
+    .venv/bin/python bench/onnx_vs_torch.py             # about 3 minutes on 2 CPU cores
+    .venv/bin/python bench/onnx_vs_torch.py --rounds 9  # steadier figures on a busy machine
 
 OMP_WAIT_POLICY=PASSIVE is set as `transferlab` sets it for the API, unless already set.
+(Not named bench/onnx.py: a script's folder comes first on sys.path, so `import onnx` inside
+torch's exporter would import the script.)
 """
 
 from __future__ import annotations
