@@ -10,7 +10,7 @@ class RegistryState(Base):
     """One row: a generation bumped by every alias move and version delete, in their transaction.
 
     API processes cache alias resolutions; each reads this one integer at most once per
-    ``TRANSFERLAB_REGISTRY_CACHE_S`` and drops its alias entries when it changed (app.serving.
+    ``TRANSFERLAB_REGISTRY_CACHE_S`` and drops its cached resolutions when it changed (app.serving.
     resolver). The UPDATE also takes the row's lock, so concurrent moves run one after another and
     each one's history records the version it really replaced.
     """
