@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import ModelVersion
 from app.db.repositories import models as repo
+from app.engine import export_onnx, load_artifact
 from app.engine.onnx import ONNX_FILE
 from app.errors import Conflict, NotFound
 from app.storage.artifacts import ArtifactStore
@@ -70,3 +71,15 @@ def download_archive(model: VersionFiles, store: ArtifactStore) -> Path:
                 zf.write(folder / name, arcname=name)
         partial.replace(archive)  # atomic: concurrent downloads never see half a zip
     return archive
+
+
+def export_onnx_of(session: Session, store: ArtifactStore, model_id: uuid.UUID) -> dict:
+    """Export a version made before ONNX exports (or re-export one): ``model.onnx`` beside its
+    weights, checked as the worker checks new versions; the report replaces ``metrics.onnx``."""
+    row = get_model(session, model_id)
+    folder = store.path(row.artifact_key)
+    model, card = load_artifact(folder, device="cpu")
+    report = export_onnx(model, card, folder).to_dict()
+    row.metrics = {**row.metrics, "onnx": report}
+    session.flush()
+    return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -72,3 +73,25 @@ def test_the_onnx_backend_answers_as_torch_does(settings, admin_key):
         assert [s["label"] for s in t["top_k"]] == [s["label"] for s in o["top_k"]]
         torch_p = [s["probability"] for s in t["top_k"]]
         np.testing.assert_allclose(torch_p, [s["probability"] for s in o["top_k"]], atol=1e-5)
+
+
+def test_a_version_made_before_exports_can_be_exported_afterwards(
+    client, settings, monkeypatch, capsys
+):
+    from app.cli import main
+    from app.settings import get_settings
+
+    register_version(settings, "old")
+    monkeypatch.setenv("TRANSFERLAB_DATA_DIR", str(settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        assert main(["models", "export-onnx", "old:1"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert main(["models", "export-onnx", "old:7"]) == 1
+        assert "no version 7" in capsys.readouterr().err
+    finally:
+        get_settings.cache_clear()
+    assert report["max_abs_diff"] < 1e-4
+    assert client.get("/v1/models/old:1").json()["metrics"]["onnx"] == report
+    r = client.get("/v1/models/old:1/download", params={"format": "onnx"})
+    assert r.status_code == 200 and len(r.content) > 1000
