@@ -409,8 +409,8 @@ def _register_model(
 def _export_onnx(folder: Path) -> dict[str, Any]:
     """Export the saved model to ONNX beside its weights, checked against it (the eager model as
     the API loads it, on CPU). Part of making a version rather than a job of its own: the model
-    is at hand, every version gets an export, and it costs seconds (13-18 s for resnet18 and
-    resnet10t on 2 busy cores, bench/onnx_vs_torch.py) against a training run's minutes. A failed
+    is at hand, every version gets an export, and it costs seconds (5-7 s for resnet18 and
+    resnet10t on 2 shared cores, bench/onnx_vs_torch.py) against a training run's minutes. A failed
     export leaves the version without ONNX (served by torch, the reason in metrics.onnx.error),
     never fails the training job."""
     try:

@@ -5,9 +5,9 @@ says) and one output ``logits`` (N x classes), with a dynamic batch axis ``batch
 
 NOTE exporter: torch.export-based (``dynamo=True``, torch's default since 2.9; needs onnxscript)
 first; the TorchScript exporter (deprecated) only if that one fails, so a backbone the new
-exporter cannot trace still gets an export. The first took 13.1 s for resnet18 at 112 px and
-17.6 s for resnet10t at 64 px (the first export in a process, with the exporter's imports) on 2
-heavily shared cores (bench/onnx_vs_torch.py); the TorchScript one about 2.4 s: once per version.
+exporter cannot trace still gets an export. The first took 5.1 s for resnet18 at 112 px and
+7.0 s for resnet10t at 64 px (the first export in a process, with the exporter's imports) on 2
+shared cores (bench/onnx_vs_torch.py; 13-18 s under heavier load); once per version.
 """
 
 from __future__ import annotations

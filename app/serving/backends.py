@@ -4,8 +4,8 @@
 
 * ``onnx`` (the default): onnxruntime on the version's ``model.onnx`` (written when the version
   was made and checked against the eager model); a version without one is served by ``torch``,
-  with a warning. bench/onnx_vs_torch.py measured it 1.26-1.59x eager torch's images/s on 2 CPU
-  cores (resnet10t at 64 px and resnet18 at 112 px, batch 1 and 32; README, Measured);
+  with a warning. bench/onnx_vs_torch.py measured it 1.42-2.21x eager torch's images/s on 2
+  shared CPU cores (resnet10t at 64 px and resnet18 at 112 px, batch 1 and 32; README, Measured);
 * ``torch``: the eager model.
 
 A batcher calls ``forward`` with a CPU float32 batch (N x 3 x H x W, the card's preprocessing
