@@ -82,6 +82,30 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def export_onnx_command(settings: Settings, ref: str) -> int:
+    """`transferlab models export-onnx REF`: prints the export's report (JSON) on stdout."""
+    import json
+
+    from app.db.session import Database
+    from app.engine import EngineError
+    from app.errors import ServiceError
+    from app.services import models as model_service
+    from app.serving.resolver import ModelResolver
+
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session_scope() as session:
+            model = ModelResolver(ttl_s=0).resolve(session, ref)
+            report = model_service.export_onnx_of(session, settings.artifacts, model.id)
+    except (ServiceError, EngineError) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    print(json.dumps(report))
+    return 0
+
+
 def bootstrap_admin_key(settings: Settings) -> str | None:
     """The embedded default's first start: make an admin key so the API is usable at once."""
     from app.db.session import Database
@@ -222,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     kr.add_argument("key", help="the key's id or prefix")
     client_cli.add_commands(sub)
     args = parser.parse_args(argv)
-    if args.command in client_cli.COMMANDS:
+    server_side = (args.command, getattr(args, "action", None)) in client_cli.SERVER_ACTIONS
+    if args.command in client_cli.COMMANDS and not server_side:
         return client_cli.run(args)
 
     from app.observability import configure_logging
@@ -237,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "keys":
         return keys_command(settings, args)
+    if args.command == "models":
+        return export_onnx_command(settings, args.ref)
     if args.command == "serve":
         return serve(settings, host, port)
     if args.command == "api":

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.api import catalog, datasets, health, jobs, keys, models, uploads
+from app.api import catalog, datasets, health, jobs, keys, models, registry, uploads
 from app.api.auth import ApiKeyAuth, KeyCache, check_route_scopes, require_scope
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyRule, BodySizeLimit, HostAllowList
@@ -26,6 +26,7 @@ from app.services import idempotency
 from app.services import keys as key_service
 from app.services import uploads as upload_service
 from app.serving.cache import ModelCache
+from app.serving.resolver import ModelResolver
 from app.settings import Settings, get_settings
 from app.storage.sweep import sweep_leftovers
 from app.ui import install_ui
@@ -37,7 +38,8 @@ Upload an image dataset, fine-tune a pretrained backbone on it, get a versioned 
 
 **Authentication.** Every `/v1` endpoint needs an API key with the right scope, sent as
 `Authorization: Bearer tl_...` (`read`: every GET; `train`: upload and delete datasets, submit
-and cancel jobs; `predict`: prediction; `admin`: everything, and keys). Create keys with
+and cancel jobs, move aliases, tag, archive and delete model versions; `predict`: prediction;
+`admin`: everything, and keys). Create keys with
 `transferlab keys create --scopes read,train --name ci`. `/healthz` and `/readyz` are open.
 
 Every error has the same shape: `{"error": {"code": "...", "message": "...", "details": {}}}`;
@@ -81,14 +83,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = JobQueue(settings)
     app.state.model_cache = ModelCache(
         settings.model_cache_size,
+        backend=settings.serving_backend,
         max_batch=settings.predict_max_batch,
         max_queued=settings.predict_max_queued,
         decode_budget_pixels=settings.decode_budget_pixels,
         channels_last=settings.predict_channels_last,
     )
+    app.state.model_resolver = ModelResolver(settings.registry_cache_s)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_error_handlers(app)
-    for module in (datasets, uploads, jobs, models, catalog, keys, health):
+    for module in (datasets, uploads, jobs, models, registry, catalog, keys, health):
         app.include_router(module.router)
     install_observability(
         app, settings, dependencies=[require_scope("read")], responses=error_responses()

@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     predict_channels_last: bool = Field(
         default=True, description="served models run in NHWC (see README, Serving)"
     )
+    registry_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how often an API process checks whether aliases moved or versions were "
+        "deleted elsewhere: name@alias follows a move made by another process within this time",
+    )
+    serving_backend: Literal["torch", "onnx"] = Field(
+        default="onnx",
+        description="what runs a prediction's forward pass: onnxruntime on the version's "
+        "model.onnx (versions without one use torch), or eager torch; bench/onnx_vs_torch.py",
+    )
     progress_interval_s: float = Field(
         default=2.0, description="how often a running job writes its step progress"
     )

@@ -92,3 +92,28 @@ def test_0007_leaves_existing_jobs_without_warnings(tmp_path):
         assert JobOut.from_job(job, None).warnings == []
     db.dispose()
     engine.dispose()
+
+
+def test_0006_starts_the_registry_generation_and_keeps_versions(tmp_path):
+    """Versions made before 0006 are unarchived and unaliased; the generation row exists."""
+    import uuid
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    command.upgrade(alembic_config(url), "0005")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (id, name, version, base_model, strategy, class_names,"
+                " metrics, lineage, artifact_key, created_at) VALUES (:id, 'm', 1, 'timm:x',"
+                " 'finetune', '[]', '{}', '{}', 'models/x', '2026-11-29 00:00:00')"
+            ),
+            {"id": uuid.uuid4().hex},
+        )
+    upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT archived_at FROM model_versions")).all() == [(None,)]
+        assert conn.execute(text("SELECT id, generation FROM registry_state")).all() == [(1, 0)]
+    engine.dispose()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import FileResponse
 
@@ -18,6 +20,7 @@ from app.db.repositories import models as repo
 from app.errors import PayloadTooLarge
 from app.naming import slugify
 from app.services import models as service
+from app.services import registry as registry_service
 from app.serving.predict import embed_uploads, predict_uploads
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -33,11 +36,16 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(
     session: SessionDep,
     name: str | None = Query(None, max_length=100, description="only versions of this model name"),
+    tag: str | None = Query(None, max_length=100, description="only versions with this tag"),
+    include_archived: bool = Query(False, description="archived versions too"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Page[ModelOut]:
-    rows, total = repo.list_(session, name=name, limit=limit, offset=offset)
-    items = [ModelOut.model_validate(r) for r in rows]
+    rows, total = repo.list_(
+        session, name=name, tag=tag, include_archived=include_archived, limit=limit, offset=offset
+    )
+    aliases, tags = registry_service.labels(session, rows)
+    items = [ModelOut.from_version(r, aliases, tags) for r in rows]
     return Page[ModelOut](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -45,27 +53,53 @@ def list_models(
     "/{model_id}",
     response_model=ModelOut,
     responses=error_responses(404),
-    summary="A model version: classes, metrics and lineage",
+    summary="A model version: classes, metrics, lineage, aliases and tags",
+    description="`{model_id}` is a version id, `name:version` or `name@alias`.",
     dependencies=[require_scope("read")],
 )
-def get_model(model: ValidModel) -> ModelOut:
-    return ModelOut.model_validate(model)
+def get_model(model: ValidModel, session: SessionDep) -> ModelOut:
+    row = service.get_model(session, model.id)
+    aliases, tags = registry_service.labels(session, [row])
+    return ModelOut.from_version(row, aliases, tags)
 
 
 @router.get(
     "/{model_id}/download",
     response_class=FileResponse,
-    responses={200: ZIP_RESPONSE, **error_responses(404)},
+    responses={
+        200: {
+            "description": "a zip archive, or with format=onnx the ONNX file",
+            "content": {
+                **ZIP_RESPONSE["content"],
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **error_responses(404, 409),
+    },
     summary="Download the model: model.safetensors + model.json (architecture, classes, "
-    "preprocessing) in a zip",
+    "preprocessing) in a zip, or with format=onnx its ONNX export",
+    description=(
+        "`format=onnx` answers `model.onnx` (dynamic batch axis, input `images` NCHW float32 "
+        "normalised as model.json says, output `logits`); 409 `onnx_unavailable` for a version "
+        "made before exports or whose export failed (its metrics.onnx says why)."
+    ),
     dependencies=[require_scope("read")],
 )
-def download_model(model: ValidModel, settings: SettingsDep) -> FileResponse:
-    path = service.download_archive(model, settings.artifacts)
+def download_model(
+    model: ValidModel,
+    settings: SettingsDep,
+    format: Literal["zip", "onnx"] = Query("zip", description="zip (safetensors) or onnx"),
+) -> FileResponse:
     # The name is a slug for every version made since names are validated; slugify() again for
     # rows older than that, so no quote or slash reaches the header.
-    filename = f"{slugify(model.name, default='model')}-v{model.version}.zip"
-    return FileResponse(path, media_type="application/zip", filename=filename)
+    stem = f"{slugify(model.name, default='model')}-v{model.version}"
+    if format == "onnx":
+        onnx_path = service.onnx_file(model, settings.artifacts)
+        return FileResponse(
+            onnx_path, media_type="application/octet-stream", filename=f"{stem}.onnx"
+        )
+    path = service.download_archive(model, settings.artifacts)
+    return FileResponse(path, media_type="application/zip", filename=f"{stem}.zip")
 
 
 PREDICT_FILES = File(description="images (JPEG, PNG, BMP, GIF, WEBP, TIFF)")

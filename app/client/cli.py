@@ -22,6 +22,8 @@ from app.client import render
 from app.client.core import ApiError, Client
 
 COMMANDS = ("datasets", "jobs", "models")
+# (command, action) pairs among them that run on the server host, not through the API.
+SERVER_ACTIONS = {("models", "export-onnx")}
 EXIT_JOB_FAILED, EXIT_API_ERROR, EXIT_UNREACHABLE = 1, 2, 3
 
 
@@ -86,6 +88,11 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("id")
     pr.add_argument("images", nargs="+", type=Path)
     pr.add_argument("--top-k", type=int, default=5)
+    # Run on the server host against its database (not through the API): see app/cli.py.
+    ex = ms.add_parser(
+        "export-onnx", help="on the server host: export a version made before ONNX exports"
+    )
+    ex.add_argument("ref", help="a version id, name:version or name@alias")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import safetensors.torch
@@ -107,19 +107,38 @@ def predict(
     model: nn.Module, card: ModelCard, images: Sequence[Image.Image], top_k: int = 5
 ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image, most likely first."""
-    if not images:
-        return []
     if model.training:
         model.eval()  # BatchNorm/dropout in train mode would give batch-dependent answers
+    return predict_with(torch_forward(model), card, images, top_k=top_k)
+
+
+def torch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eager forward pass of an eval-mode model: a CPU batch in, logits out."""
+    runtime = Runtime.on(next(model.parameters()).device)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), runtime.autocast():
+            return model(runtime.to(batch))
+
+    return forward
+
+
+def predict_with(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    card: ModelCard,
+    images: Sequence[Image.Image],
+    top_k: int = 5,
+) -> list[list[tuple[str, float]]]:
+    """``predict`` with any forward pass (eager torch, onnxruntime: app.serving.backends)."""
+    if not images:
+        return []
     transform = create_eval_transform(card.preprocessing)
     k = max(1, min(int(top_k), len(card.class_names)))
-    runtime = Runtime.on(next(model.parameters()).device)
     results: list[list[tuple[str, float]]] = []
     with torch.inference_mode():
         for first in range(0, len(images), PREDICT_BATCH):
             batch = torch.stack([transform(img) for img in images[first : first + PREDICT_BATCH]])
-            with runtime.autocast():
-                logits = model(runtime.to(batch))
+            logits = forward(batch)
             probs, indices = logits.float().softmax(dim=1).topk(k, dim=1)
             names = card.class_names
             for row_p, row_i in zip(probs.tolist(), indices.tolist(), strict=True):

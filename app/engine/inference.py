@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -86,20 +86,42 @@ def _flatten(transform: Any) -> list[Any]:
     return [transform]
 
 
+class Logits(Protocol):
+    """Something other than the eager model that computes logits (``app.serving.backends``)."""
+
+    name: str
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
 class Predictor:
     """A loaded model for serving: eval mode, no gradients, NHWC weights on CPU.
 
     NOTE channels_last: bench/serve.py measures the forward both ways (see README, Serving).
     """
 
-    def __init__(self, model: nn.Module, card: ModelCard, *, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        *,
+        channels_last: bool = True,
+        logits: Logits | None = None,
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.card = card
+        # What computes the logits of a normalised batch for probabilities (an onnxruntime
+        # session, say); None: the eager model. Embeddings always come from the eager model.
+        self.logits = logits
         self.preprocessor = create_preprocessor(card.preprocessing)
         self.channels_last = channels_last
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=fmt)
         self.device = next(model.parameters()).device
+
+    @property
+    def backend_name(self) -> str:
+        return self.logits.name if self.logits is not None else "torch"
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -108,6 +130,8 @@ class Predictor:
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(N, classes) softmax probabilities, float32 on the CPU."""
         with torch.inference_mode():
+            if self.logits is not None:
+                return self.logits.forward(x).float().softmax(dim=1).cpu()
             return self.model(self._input(x)).float().softmax(dim=1).cpu()
 
     def embeddings(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Kinds of job, as timm registers models: ``register_job_kind`` fills a dict, the rest reads it.
 
 A job's ``strategy`` selects its kind: a training strategy (finetune, l2sp, ...) is a ``train``
-job, ``extract_features`` its own kind; later ``export`` and ``sweep``. Each kind owns what is
+job, ``extract_features`` its own kind; later ``sweep``. (ONNX export is not a kind: the worker
+makes it with every version, worker.runner._export_onnx.) Each kind owns what is
 checked when a job is submitted and what its progress counts; how it runs is the worker's
 (``worker.runner.RUNNERS``, keyed by the same names: a test checks that they agree).
 """

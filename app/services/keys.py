@@ -23,8 +23,9 @@ from app.db.repositories import keys as repo
 from app.errors import InvalidInput, NotFound
 from app.naming import is_slug
 
-# read: every GET; train: upload and delete datasets, submit and cancel jobs; predict: the
-# prediction endpoints; admin: everything, including managing keys.
+# read: every GET; train: upload and delete datasets, submit and cancel jobs, move aliases, tag,
+# archive and delete model versions; predict: the prediction endpoints; admin: everything,
+# including managing keys.
 SCOPES = ("read", "train", "predict", "admin")
 KEY_PREFIX = "tl_"
 

@@ -18,6 +18,7 @@ import torch
 from app.engine import load_artifact
 from app.engine.inference import Predictor
 from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
+from app.serving.backends import Backend, create_backend
 from app.serving.batcher import Batcher, BatcherClosed, Kind
 from app.serving.decode import PixelBudget
 
@@ -29,12 +30,14 @@ class ModelCache:
         self,
         capacity: int,
         *,
+        backend: str = "torch",
         max_batch: int = 64,
         max_queued: int = 256,
         decode_budget_pixels: int = 2**24,
         channels_last: bool = True,
     ) -> None:
         self.capacity = max(1, capacity)
+        self.backend_kind = backend
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.channels_last = channels_last
@@ -56,7 +59,12 @@ class ModelCache:
             model, card = load_artifact(artifact_dir)
             self.loads += 1
             batcher = Batcher(
-                Predictor(model, card, channels_last=self.channels_last),
+                Predictor(
+                    model,
+                    card,
+                    channels_last=self.channels_last,
+                    logits=_onnx_or_none(create_backend(self.backend_kind, model, artifact_dir)),
+                ),
                 name=key,
                 max_batch=self.max_batch,
                 max_queued=self.max_queued,
@@ -83,6 +91,14 @@ class ModelCache:
                 batcher = None  # evicted between lookup and submit: load it again
         raise RuntimeError(f"model {key} was evicted three times while a request waited")
 
+    def forget(self, key: str) -> None:
+        """Drop a version (deleted): its weights are gone from disk. Requests already queued on
+        its batcher are answered before its thread stops."""
+        with self._lock:
+            batcher = self._items.pop(key, None)
+        if batcher is not None:
+            batcher.close(timeout=0)
+
     def close(self) -> None:
         with self._lock:
             batchers = list(self._items.values())
@@ -92,3 +108,9 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _onnx_or_none(backend: Backend) -> Backend | None:
+    # Eager torch runs through the predictor's own path (channels_last input, measured in
+    # bench/serve.py); only another runtime replaces it.
+    return None if backend.name == "torch" else backend

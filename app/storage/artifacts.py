@@ -6,6 +6,7 @@ cache, and neither the API nor the worker would change.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path, PurePosixPath
 
@@ -30,3 +31,7 @@ class ArtifactStore:
         if not parts or PurePosixPath(key).is_absolute() or ".." in parts:
             raise ValueError(f"not an artifact key: {key!r}")
         return self.root.joinpath(*parts)
+
+    def delete(self, key: str) -> None:
+        """Remove the artifacts under ``key`` (nothing if they are already gone)."""
+        shutil.rmtree(self.path(key), ignore_errors=True)

@@ -27,6 +27,17 @@ from worker.runner import execute_job
 ACCEPTED = ["2xx", "3xx", 401, 403, 404, 409, 429]
 
 
+MODEL_REF_OPERATIONS = [
+    "GET /v1/models/{model_id}",
+    "GET /v1/models/{model_id}/download",
+    "PUT /v1/models/{model_id}/tags/{tag}",
+    "DELETE /v1/models/{model_id}/tags/{tag}",
+    "POST /v1/models/{model_id}/archive",
+    "POST /v1/models/{model_id}/unarchive",
+    "DELETE /v1/models/{model_id}",
+]
+
+
 def fuzz_config(admin_key: str) -> schemathesis.Config:
     return schemathesis.Config.from_dict(
         {
@@ -52,6 +63,18 @@ def fuzz_config(admin_key: str) -> schemathesis.Config:
                     "include-name": "POST /v1/models/{model_id}/predict",
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 422]}},
                 },
+                *(
+                    {
+                        # Deliberate: a model reference is a uuid, name:version or name@alias;
+                        # any other string gets the documented 422 `invalid_model_ref` (see
+                        # app/api/deps.py for why the schema does not carry the pattern).
+                        "include-name": name,
+                        "checks": {
+                            "positive_data_acceptance": {"expected-statuses": [*ACCEPTED, 422]}
+                        },
+                    }
+                    for name in MODEL_REF_OPERATIONS
+                ),
                 {
                     # Deliberate: the size limit is a setting (TRANSFERLAB_MAX_UPLOAD_BYTES), not
                     # in the schema; a larger size gets the documented 413 `upload_too_large`.

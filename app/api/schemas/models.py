@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import ORMModel, UTCDateTime
+from app.db.models import ModelVersion
 
 MODEL_EXAMPLE: dict[str, Any] = {
     "id": "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00",
@@ -33,6 +34,9 @@ MODEL_EXAMPLE: dict[str, Any] = {
         "libraries": {"torch": "2.14.1", "timm": "1.0.31", "transferlab": "0.1.0"},
     },
     "created_at": "2026-11-29T10:05:00Z",
+    "archived_at": None,
+    "aliases": ["prod"],
+    "tags": ["reviewed"],
 }
 
 
@@ -55,6 +59,86 @@ class ModelOut(ORMModel):
         description="base model, dataset sha256, job spec, library versions"
     )
     created_at: UTCDateTime
+    archived_at: UTCDateTime | None = Field(
+        None, description="set while the version is archived: left out of lists unless asked"
+    )
+    aliases: list[str] = Field(
+        default_factory=list, description="aliases of this model name that point at this version"
+    )
+    tags: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_version(
+        cls,
+        row: ModelVersion,
+        aliases: dict[uuid.UUID, list[str]],
+        tags: dict[uuid.UUID, list[str]],
+    ) -> ModelOut:
+        view = cls.model_validate(row)
+        view.aliases = aliases.get(row.id, [])
+        view.tags = tags.get(row.id, [])
+        return view
+
+
+class AliasToVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
+
+    version: int = Field(ge=1, le=10**9, description="a version number of this model")
+
+
+class AliasToModel(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"model_id": MODEL_EXAMPLE["id"]}]}
+    )
+
+    model_id: uuid.UUID = Field(description="a version id (of this model)")
+
+
+# Where an alias should point: exactly one of the two (a union of closed objects, so the schema
+# itself says "one, not both").
+AliasTarget = AliasToVersion | AliasToModel
+
+
+class AliasEventOut(ORMModel):
+    from_model_id: uuid.UUID | None = Field(description="null: the alias was created")
+    to_model_id: uuid.UUID | None = Field(description="null: the alias was removed")
+    actor: str = Field(description="name of the API key that made the move")
+    at: UTCDateTime
+
+
+ALIAS_EXAMPLE: dict[str, Any] = {
+    "name": "digits",
+    "alias": "prod",
+    "model_id": MODEL_EXAMPLE["id"],
+    "version": 2,
+    "ref": "digits@prod",
+    "updated_at": "2026-11-29T11:00:00Z",
+    "updated_by": "deploy-bot",
+    "history": [
+        {
+            "from_model_id": "7a1d9c3e-5b2f-4e6a-8c7d-0f1e2d3c4b5a",
+            "to_model_id": MODEL_EXAMPLE["id"],
+            "actor": "deploy-bot",
+            "at": "2026-11-29T11:00:00Z",
+        }
+    ],
+}
+
+
+class AliasOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ALIAS_EXAMPLE]})
+
+    name: str
+    alias: str
+    model_id: uuid.UUID
+    version: int
+    ref: str = Field(description="the reference to use in model URLs: name@alias")
+    updated_at: UTCDateTime
+    updated_by: str
+    history: list[AliasEventOut] = Field(
+        default_factory=list,
+        description="the alias's moves, newest first (up to 100; empty in lists)",
+    )
 
 
 class ClassScore(BaseModel):

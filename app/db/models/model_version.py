@@ -40,3 +40,6 @@ class ModelVersion(Base):
     # database holds no paths, so the data folder can move and a store can replace it.
     artifact_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Archived versions are left out of lists unless asked for; they still resolve and predict
+    # (archiving tidies a list, deleting stops serving), so cached resolutions never go stale.
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

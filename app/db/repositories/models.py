@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import ModelVersion
+from app.db.models import ModelTag, ModelVersion
 from app.db.repositories._paging import paginate
 
 
@@ -30,12 +30,29 @@ def ids_by_job(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID
     return {job_id: model_id for job_id, model_id in rows if job_id is not None}
 
 
+def get_by_version(session: Session, name: str, version: int) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    )
+
+
 def list_(
-    session: Session, *, name: str | None, limit: int, offset: int
+    session: Session,
+    *,
+    name: str | None,
+    limit: int,
+    offset: int,
+    tag: str | None = None,
+    include_archived: bool = False,
 ) -> tuple[Sequence[ModelVersion], int]:
     query = select(ModelVersion)
     if name is not None:
         query = query.where(ModelVersion.name == name)
+    if tag is not None:
+        tagged = select(ModelTag.model_id).where(ModelTag.tag == tag)
+        query = query.where(ModelVersion.id.in_(tagged))
+    if not include_archived:
+        query = query.where(ModelVersion.archived_at.is_(None))
     order = ModelVersion.created_at.desc()
     return paginate(session, query, order_by=order, limit=limit, offset=offset)
 
@@ -51,3 +68,8 @@ def add(session: Session, model: ModelVersion) -> ModelVersion:
     session.add(model)
     session.flush()
     return model
+
+
+def delete(session: Session, model: ModelVersion) -> None:
+    session.delete(model)
+    session.flush()

@@ -1,0 +1,133 @@
+"""ONNX export of a trained model, checked against the eager model, and an onnxruntime runner.
+
+The graph has one input ``images`` (N x 3 x H x W float32, normalised as the card's preprocessing
+says) and one output ``logits`` (N x classes), with a dynamic batch axis ``batch``.
+
+NOTE exporter: torch.export-based (``dynamo=True``, torch's default since 2.9; needs onnxscript)
+first; the TorchScript exporter (deprecated) only if that one fails, so a backbone the new
+exporter cannot trace still gets an export. The first took 5.1 s for resnet18 at 112 px and
+7.0 s for resnet10t at 64 px (the first export in a process, with the exporter's imports) on 2
+shared cores (bench/onnx_vs_torch.py; 13-18 s under heavier load); once per version.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.engine.errors import EngineError
+from app.engine.specs import ModelCard
+
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+CHECK_BATCH = 8  # inputs the export is checked on; batch 1 is checked too (the dynamic axis)
+
+
+@dataclass(frozen=True)
+class OnnxReport:
+    """What an export did: stored in the version's metrics as ``onnx``."""
+
+    file: str
+    exporter: str  # "dynamo" or "torchscript"
+    max_abs_diff: float  # largest |onnxruntime - eager| logit over the check batches
+    check_batches: tuple[int, ...]
+    export_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "exporter": self.exporter,
+            "max_abs_diff": self.max_abs_diff,
+            "check_batches": list(self.check_batches),
+            "export_seconds": round(self.export_seconds, 3),
+        }
+
+
+def export_onnx(model: nn.Module, card: ModelCard, directory: Path, *, seed: int = 0) -> OnnxReport:
+    """Write ``directory/model.onnx`` from an eval-mode CPU model; check it against the model.
+
+    The file is written under a temporary name and renamed once it passed its check.
+    """
+    model = model.eval()
+    size = tuple(int(v) for v in card.preprocessing["input_size"])
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn((CHECK_BATCH, *size), generator=generator)
+    target = Path(directory) / ONNX_FILE
+    partial = target.with_name(ONNX_FILE + ".tmp")
+    start = time.perf_counter()
+    try:
+        exporter = _export(model, sample, partial)
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        raise EngineError(f"ONNX export failed ({type(exc).__name__}: {exc})"[:500]) from exc
+    seconds = time.perf_counter() - start
+    session = create_onnx_session(partial, threads=1)
+    worst = 0.0
+    batches = (CHECK_BATCH, 1)
+    with torch.inference_mode():
+        for n in batches:
+            eager = model(sample[:n]).float().numpy()
+            ort_out = run_onnx(session, sample[:n])
+            if ort_out.shape != eager.shape:
+                partial.unlink(missing_ok=True)
+                raise EngineError(f"ONNX output shape {ort_out.shape} != eager {eager.shape}")
+            worst = max(worst, float(np.abs(ort_out - eager).max()))
+    os.replace(partial, target)
+    return OnnxReport(ONNX_FILE, exporter, worst, batches, seconds)
+
+
+def _export(model: nn.Module, sample: torch.Tensor, path: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notes of the exporters, not actionable here
+        try:
+            program = torch.onnx.export(
+                model,
+                (sample,),
+                None,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                dynamo=True,
+                verbose=False,
+            )
+            assert program is not None
+            program.save(str(path))
+            return "dynamo"
+        except Exception:
+            path.unlink(missing_ok=True)
+            torch.onnx.export(
+                model,
+                (sample,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+            return "torchscript"
+
+
+def create_onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for ``path``; ``threads`` intra-op threads (default: ORT's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, batch: torch.Tensor) -> np.ndarray:
+    array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+    return session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
