@@ -250,8 +250,9 @@ class ResumableSampler(Sampler[int]):
     wrapped sampler draws the same order, and the indices already trained on are passed over
     here, before any image is loaded."""
 
-    def __init__(self, sampler: Sampler[int]) -> None:
+    def __init__(self, sampler: Sampler[int], generator: torch.Generator) -> None:
         self.sampler = sampler
+        self.generator = generator  # what draws the wrapped sampler's order (saved with a state)
         self.skip = 0
 
     def __len__(self) -> int:
@@ -282,10 +283,15 @@ def create_train_loader(
     """
     n = len(dataset)  # type: ignore[arg-type]
     drop_last = n % batch_size == 1 and n > 1
-    # One generator draws the sampler's indices and the workers' base seed, in a fixed order, so
-    # the run repeats exactly with or without loader workers. The sampler is the one DataLoader
-    # builds for shuffle=True (or the balanced one), wrapped so a resumed epoch can skip ahead.
+    # The sampler's generator draws only the epochs' orders, so its state says exactly where the
+    # order is and a resumed run draws the same one. The loader gets a generator of its own for
+    # the workers' base seed: persistent workers draw it once, when the first iterator is made,
+    # so a shared generator would hold one draw more in a resumed process than in an
+    # uninterrupted one at the same epoch, and every later order would differ (with loader
+    # workers, a mid-epoch resume then skipped the wrong images). The sampler is the one
+    # DataLoader builds for shuffle=True (or the balanced one), wrapped to skip ahead.
     generator = torch.Generator().manual_seed(seed)
+    worker_seeds = torch.Generator().manual_seed(seed + 1)
     order: Sampler[int]
     if sampler == "balanced":
         samples = getattr(dataset, "samples", None)
@@ -306,8 +312,8 @@ def create_train_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=True,
-        sampler=ResumableSampler(order),
-        generator=generator,
+        sampler=ResumableSampler(order, generator),
+        generator=worker_seeds,
     )
 
 

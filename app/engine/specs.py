@@ -58,8 +58,8 @@ class Hyperparameters(BaseModel):
 
     The one definition: the API takes this model as the ``hyperparameters`` of a job (its bounds
     and descriptions are the OpenAPI schema's), the worker gets it back parsed from the stored
-    spec, and the engine reads it. Built in Python with a bad value it raises ``EngineError`` (a
-    message to show as is); parsed by the API, pydantic's errors become a 422.
+    spec, and the engine reads it. A bad value raises pydantic's ``ValidationError`` naming the
+    field (the API answers it as a 422 ``validation_error``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

@@ -78,8 +78,8 @@ class LoaderBatches:
         self.loader = loader
 
     def generators(self) -> dict[str, torch.Generator]:
-        generator = self.loader.generator
-        return {} if generator is None else {"loader": generator}
+        sampler = self.loader.sampler
+        return {"loader": sampler.generator} if isinstance(sampler, ResumableSampler) else {}
 
     def __len__(self) -> int:
         return len(self.loader)

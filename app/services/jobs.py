@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app import engine
@@ -118,8 +119,8 @@ def check_spec(spec: dict[str, Any]) -> engine.Hyperparameters:
     returns the engine's hyperparameters."""
     hp = spec["hyperparameters"]
     try:
-        hparams = engine.Hyperparameters(**hp)
-    except engine.EngineError as exc:
+        hparams = engine.Hyperparameters.model_validate(hp)
+    except ValidationError as exc:  # the API parsed them already; a caller in Python may not have
         raise InvalidInput(
             str(exc), code="invalid_option", details={"field": "hyperparameters"}
         ) from None

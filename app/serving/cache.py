@@ -17,10 +17,15 @@ import torch
 
 from app.engine import load_artifact
 from app.engine.inference import Predictor
+from app.errors import NotFound
 from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
 from app.serving.backends import Backend, create_backend
 from app.serving.batcher import Batcher, BatcherClosed, Kind
 from app.serving.decode import PixelBudget
+
+
+class ModelDeleted(NotFound):
+    code = "model_not_found"
 
 
 class ModelCache:
@@ -44,11 +49,14 @@ class ModelCache:
         self.decode_budget = PixelBudget(decode_budget_pixels)
         self._items: OrderedDict[str, Batcher] = OrderedDict()
         self._lock = threading.Lock()
+        self._deleted: set[str] = set()  # version ids are never reused
         self.loads = 0  # how many times weights were read from disk (for tests and metrics)
 
     def batcher(self, key: str, artifact_dir: Path) -> Batcher:
         """The model's batcher, loading the model on first use (counted as a hit or a miss)."""
         with self._lock:
+            if key in self._deleted:
+                raise ModelDeleted(f"model version {key} was deleted", details={"id": key})
             if key in self._items:
                 self._items.move_to_end(key)
                 MODEL_CACHE_HITS.inc()
@@ -93,8 +101,10 @@ class ModelCache:
 
     def forget(self, key: str) -> None:
         """Drop a version (deleted): its weights are gone from disk. Requests already queued on
-        its batcher are answered before its thread stops."""
+        its batcher are answered before its thread stops; a request that resolved the version
+        before the delete gets 404 rather than loading it back."""
         with self._lock:
+            self._deleted.add(key)
             batcher = self._items.pop(key, None)
         if batcher is not None:
             batcher.close(timeout=0)

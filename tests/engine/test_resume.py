@@ -149,3 +149,40 @@ def test_without_an_interval_states_are_saved_at_epoch_ends_only(tmp_path, data)
         run_training(source=scratch(), strategy="finetune", data=data, hparams=hp,
                      device="cpu", checkpoint_dir=folder, callbacks=[DieAtStep(2, 5)])  # fmt: skip
     assert [p.name for p in folder.iterdir()] == ["epoch-0001"]
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Each item is its own index: the order a loader yields is visible."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+        return torch.tensor(index), 0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_epoch_draws_the_order_of_an_uninterrupted_one(num_workers):
+    # Persistent loader workers draw their base seed once, from the loader's generator: when
+    # that generator was also the sampler's, a resumed process (a new iterator, one more draw)
+    # got another order from its second epoch on, and a mid-epoch resume skipped other images.
+    from app.engine.data import create_train_loader
+    from app.engine.trainer import LoaderBatches
+
+    def batches() -> LoaderBatches:
+        loader = create_train_loader(
+            Indexed(), 8, device=torch.device("cpu"), seed=0, num_workers=num_workers
+        )
+        return LoaderBatches(loader)
+
+    whole = batches()
+    orders, starts = [], []
+    for _ in range(3):
+        starts.append(whole.generators()["loader"].get_state())
+        orders.append([int(i) for images, _ in whole.epoch() for i in images])
+    assert orders[1] != orders[2]
+
+    resumed = batches()  # a new process: epoch 3, after 2 of its 5 batches
+    resumed.generators()["loader"].set_state(starts[2])
+    rest = [int(i) for images, _ in resumed.epoch(skip=2) for i in images]
+    assert rest == orders[2][16:]

@@ -174,3 +174,16 @@ def app_client(settings, key: str) -> Iterator[TestClient]:
     """The app for other settings, with a key of its own."""
     with TestClient(create_app(settings), headers=bearer(key)) as client:
         yield client
+
+
+def test_a_deleted_version_is_not_loaded_back_by_a_request_that_resolved_it_before(tmp_path):
+    # A request may resolve a version, then the version is deleted (cache.forget), then the
+    # request asks the cache for it: 404, not the weights read back into a fresh batcher.
+    from app.serving.cache import ModelCache, ModelDeleted
+
+    cache = ModelCache(2)
+    cache.forget("v1")
+    with pytest.raises(ModelDeleted) as err:
+        cache.batcher("v1", tmp_path / "models" / "v1")
+    assert err.value.status_code == 404 and err.value.code == "model_not_found"
+    assert cache.loads == 0

@@ -102,7 +102,8 @@ class DannTask(FinetuneTask):
             num_workers=ctx.num_workers,
             persistent_workers=True,
             batch_sampler=order,
-            generator=order.generator,
+            # Worker seeds from a generator of their own: see create_train_loader.
+            generator=torch.Generator().manual_seed(hp.seed + 2),
         )
         self.batches = PairedBatches(source, target_loader, order)
         self.classifier = model.get_classifier()
