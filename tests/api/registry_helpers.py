@@ -14,6 +14,7 @@ from app.db.repositories import models as models_repo
 from app.db.session import Database
 from app.engine import ModelCard, export_onnx, save_artifact
 from app.settings import Settings
+from tests.engine._helpers import PREPROCESSING_32
 
 
 def register_version(
@@ -30,14 +31,7 @@ def register_version(
     card = ModelCard(
         architecture={"library": "timm", "name": "test_resnet", "num_classes": len(classes)},
         class_names=classes,
-        preprocessing={
-            "input_size": [3, 32, 32],
-            "interpolation": "bilinear",
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.5, 0.5, 0.5],
-            "crop_pct": 1.0,
-            "crop_mode": "center",
-        },
+        preprocessing=PREPROCESSING_32,
     )
     model_id = uuid.uuid4()
     key = settings.artifacts.model_key(model_id)

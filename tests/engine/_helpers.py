@@ -8,6 +8,16 @@ from app.engine import ModelSource
 
 CLASS_NAMES = tuple(f"digit_{i}" for i in range(10))
 
+# A plain 32 px eval config (no resize margin, mean/std 0.5) for cards built by hand in tests.
+PREPROCESSING_32 = {
+    "input_size": [3, 32, 32],
+    "interpolation": "bilinear",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}
+
 
 def take(samples: tuple[tuple[str, int], ...], per_class: int) -> tuple[tuple[str, int], ...]:
     seen: dict[int, int] = {}

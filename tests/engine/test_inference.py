@@ -9,15 +9,9 @@ import torch
 from app.engine import ModelCard, load_artifact, save_artifact
 from app.engine.heads import build_probed_model, probe_architecture
 from app.engine.inference import Predictor, top_k
+from tests.engine._helpers import PREPROCESSING_32
 
-PRE = {
-    "input_size": [3, 32, 32],
-    "interpolation": "bilinear",
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.5, 0.5, 0.5],
-    "crop_pct": 1.0,
-    "crop_mode": "center",
-}
+PRE = PREPROCESSING_32
 
 
 def test_a_probe_on_a_stage_embeds_the_features_its_head_reads(tmp_path):

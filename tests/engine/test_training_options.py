@@ -21,16 +21,9 @@ from app.engine.data import (
 from app.engine.loop import Runtime, class_weights, create_criterion, evaluate, seed_everything
 from app.engine.models import create_timm_model
 from app.engine.optim import lr_factor
-from tests.engine._helpers import CLASS_NAMES, scratch, state_copy, take
+from tests.engine._helpers import CLASS_NAMES, PREPROCESSING_32, scratch, state_copy, take
 
-PREPROCESSING = {
-    "input_size": [3, 32, 32],
-    "interpolation": "bilinear",
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.5, 0.5, 0.5],
-    "crop_pct": 1.0,
-    "crop_mode": "center",
-}
+PREPROCESSING = PREPROCESSING_32
 
 
 def _train(data, strategy="finetune", options=None, num_workers=0, **hp):

@@ -25,6 +25,7 @@ from app.queue import JobQueue
 from app.serving.cache import ModelCache
 from app.serving.predict import predict_uploads
 from app.settings import Settings
+from tests.engine._helpers import PREPROCESSING_32
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,14 +120,7 @@ def tiny_model(tmp_path: Path) -> Path:
     card = ModelCard(
         architecture={"library": "timm", "name": "test_resnet", "num_classes": 2},
         class_names=("a", "b"),
-        preprocessing={
-            "input_size": [3, 32, 32],
-            "interpolation": "bilinear",
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.5, 0.5, 0.5],
-            "crop_pct": 1.0,
-            "crop_mode": "center",
-        },
+        preprocessing=PREPROCESSING_32,
     )
     save_artifact(model, card, tmp_path / "model")
     return tmp_path / "model"
