@@ -180,6 +180,12 @@ class DatasetSplits:
     val: tuple[tuple[str, int], ...] = ()
     # Images of the target domain, labels unknown or unused (domain adaptation: dann).
     target: tuple[str, ...] = ()
+    # Labelled target-domain images (label index into class_names): dann adds them to its
+    # classification loss (semi-supervised adaptation, the article's formula 4.3.1).
+    target_labeled: tuple[tuple[str, int], ...] = ()
+    # A labelled set scored every epoch and at the end (the job's eval_dataset_id): how a user
+    # sees whether adaptation worked on the target domain. Labels index into class_names.
+    evaluation: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,9 @@ class EpochMetrics:
     # What a strategy reports beside the loss (dann: the domain discriminator's accuracy), each
     # a mean over the epoch's training samples.
     extra: dict[str, float] = field(default_factory=dict)
+    # On DatasetSplits.evaluation, when the job has one (None otherwise).
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -265,3 +274,5 @@ class TrainResult:
     # What the engine chose where the job left it open: {"augmentation": "light",
     # "kept_epoch": 4} (the epoch whose weights the model holds).
     choices: dict[str, Any] = field(default_factory=dict)
+    # On DatasetSplits.evaluation with the final model, when the job has one.
+    eval_dataset: Evaluation | None = None
