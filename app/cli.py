@@ -10,13 +10,15 @@ modules load only for the server commands (about 2 s of imports a client call do
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.client import cli as client_cli
 from app.cpu import prefer_passive_openmp
@@ -50,6 +52,9 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.services import keys as key_service
 
     settings.layout.ensure()
+    # The key is what the user asked for: alembic's progress lines would only bury it (a
+    # migration that fails still raises).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     upgrade(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     try:
@@ -132,7 +137,10 @@ def worker_command(loglevel: str = "INFO") -> list[str]:
     ]  # fmt: skip
 
 
-def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
+def run_api(
+    settings: Settings, host: str, port: int, workers: int = 1, sock: socket.socket | None = None
+) -> None:
+    """Serve the API; on ``sock`` when given (already bound, one process), else on host:port."""
     import uvicorn
 
     from app.observability import logging_config
@@ -150,15 +158,41 @@ def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         settings.layout.ensure()
         metrics_dir = tempfile.mkdtemp(prefix="prometheus-", dir=settings.layout.tmp)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by uvicorn's workers
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_config": logging_config(settings, "api"),
+        "access_log": False,  # the observability middleware logs one line per request
+    }
     try:
-        uvicorn.run(
-            "app.main:create_app", factory=True, host=host, port=port, workers=workers,
-            log_config=logging_config(settings, "api"),
-            access_log=False,  # the observability middleware logs one line per request
-        )  # fmt: skip
+        if sock is None:
+            uvicorn.run("app.main:create_app", workers=workers, **options)
+            return
+        # What uvicorn.run does for one process, on the socket the caller bound.
+        server = uvicorn.Server(uvicorn.Config("app.main:create_app", **options))
+        server.run(sockets=[sock])
+        if not server.started:
+            sys.exit(3)  # uvicorn's exit status for a failed startup
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, as uvicorn would bind it; OSError when taken."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _die_with_parent() -> None:
@@ -181,6 +215,18 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def serve(settings: Settings, host: str, port: int) -> int:
+    # Bound before the worker starts: a second serve on a taken port must not start a worker
+    # that takes this data folder's jobs for the seconds before its API fails to bind.
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        print(
+            f"transferlab serve: cannot listen on {host}:{port}: {exc.strerror or exc}. Is "
+            "another serve running there? Stop it, or choose another port with --port "
+            "(or TRANSFERLAB_PORT).",
+            file=sys.stderr,
+        )
+        return 2
     migrate(settings)
     first_key = bootstrap_admin_key(settings)
     if first_key:
@@ -208,7 +254,7 @@ def serve(settings: Settings, host: str, port: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_cleanly)
     try:
-        run_api(settings, host, port)
+        run_api(settings, host, port, sock=sock)
     finally:
         # Celery's warm shutdown waits for the running job; after 20 s we stop waiting.
         worker.send_signal(signal.SIGTERM)

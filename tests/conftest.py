@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,18 @@ from PIL import Image
 from app.db.migrate import upgrade
 from app.settings import Settings
 from tests.services import postgres_url, redis_url  # noqa: F401  (fixtures for every layer)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo a test's logging set-up (configure_logging, or `transferlab` run in-process): its
+    handlers write to that test's captured stderr, which is closed once the test ends, and every
+    later log line would print "--- Logging error ---" instead."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -73,8 +73,12 @@ def logging_config(settings: Settings, service: str, level: str | int = "INFO") 
         # uvicorn's loggers (when uvicorn is given this config) go through the root handler, so
         # they are JSON too. Its access log is replaced by the request middleware's.
         "loggers": {
-            name: {"handlers": [], "propagate": True, "level": "INFO"}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            **{
+                name: {"handlers": [], "propagate": True, "level": "INFO"}
+                for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            },
+            # Seven "setup plugin" lines at every migration say nothing to an operator.
+            "alembic.runtime.plugins": {"level": "WARNING"},
         },
     }
 

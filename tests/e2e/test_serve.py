@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
 import time
 import zipfile
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import start_serve, stop, upload_file, wait_for_job
+from tests.e2e.conftest import BIN, start_serve, stop, upload_file, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +90,26 @@ def test_serve_killed_by_sigkill_takes_its_worker_with_it(tmp_path):
             time.sleep(0.2)
     finally:
         stop(serve)
+
+
+def test_serve_on_a_taken_port_exits_before_starting_a_worker(tmp_path):
+    # Seen by accident: a second serve on a busy port started its worker, which could take
+    # jobs from the data folder for the seconds before the API failed to bind.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
+    env["TRANSFERLAB_DATA_DIR"] = str(tmp_path / "data")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [str(BIN / "transferlab"), "serve", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "worker:" not in done.stdout + done.stderr
+    # Nothing was started or written on the way out: not even the database.
+    assert not (tmp_path / "data").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -30,15 +29,6 @@ def test_every_response_has_a_request_id_even_a_refused_one(settings):
     with TestClient(create_app(settings)) as anonymous:  # no API key
         r = anonymous.get("/v1/jobs", headers={"X-Request-ID": "abc"})
     assert r.status_code == 401 and r.headers["X-Request-ID"] == "abc"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def log_lines(capsys) -> list[str]:

@@ -208,6 +208,10 @@ def test_keys_cli(tmp_path):
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert key.startswith("tl_") and "\n" not in key  # the key alone on stdout
+    # ...and one line on stderr to say what was made, not the migration's progress.
+    assert created.stderr.strip().splitlines() == [
+        "created key " + key.split("_")[1] + " (ci: predict, read); it is shown only now"
+    ]
     settings = Settings(data_dir=tmp_path / "data", api_key_cache_s=0)
     with TestClient(create_app(settings), headers=bearer(key)) as c:
         assert c.get("/v1/models").status_code == 200
