@@ -57,7 +57,7 @@ from _common import BIN, free_port, load_mnist, table
 from app.db.models import ModelVersion
 from app.db.repositories import models as models_repo
 from app.db.session import Database
-from app.engine import ModelCard, load_artifact, save_artifact
+from app.engine import ModelCard, export_onnx, load_artifact, save_artifact
 from app.engine.data import resolve_preprocessing
 from app.engine.inference import Predictor
 from app.serving.cache import ModelCache
@@ -85,8 +85,11 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def register_model(settings: Settings, backbone: str, size: int) -> tuple[str, ModelCard]:
-    """An untrained timm model saved and registered as a model version, as the worker does."""
+def register_model(
+    settings: Settings, backbone: str, size: int, backend: str
+) -> tuple[str, ModelCard]:
+    """An untrained timm model saved and registered as a model version, as the worker does
+    (with its ONNX export, which the onnx backend serves)."""
     torch.manual_seed(0)
     model = timm.create_model(backbone, pretrained=False, num_classes=10)
     pre = resolve_preprocessing(timm.data.resolve_data_config({}, model=model), size)
@@ -98,6 +101,9 @@ def register_model(settings: Settings, backbone: str, size: int) -> tuple[str, M
     model_id = uuid.uuid4()
     key = settings.artifacts.model_key(model_id)
     save_artifact(model, card, settings.artifacts.path(key))
+    onnx: dict = {}
+    if backend == "onnx":
+        onnx = export_onnx(model.eval(), card, settings.artifacts.path(key)).to_dict()
     db = Database(settings.resolved_database_url)
     with db.session_scope() as session:
         models_repo.add(
@@ -106,7 +112,8 @@ def register_model(settings: Settings, backbone: str, size: int) -> tuple[str, M
                 id=model_id, name=f"bench-{backbone}", version=models_repo.next_version(
                     session, f"bench-{backbone}"), job_id=None, dataset_id=None, parent_id=None,
                 base_model=f"timm:{backbone}", strategy="finetune",
-                class_names=list(card.class_names), metrics={}, lineage={}, artifact_key=key,
+                class_names=list(card.class_names), metrics={"onnx": onnx}, lineage={},
+                artifact_key=key,
             ),
         )  # fmt: skip
     db.dispose()
@@ -116,8 +123,9 @@ def register_model(settings: Settings, backbone: str, size: int) -> tuple[str, M
 def in_process(
     settings: Settings, model_id: str, images: list[bytes], batch: int, seconds: float
 ) -> dict[str, float]:
-    """F, P and the one-image latency with the service's own functions, in this process."""
-    cache = ModelCache(1)
+    """F, P and the one-image latency with the service's own functions and backend, in this
+    process."""
+    cache = ModelCache(1, backend=settings.serving_backend)
     path = settings.artifacts.path(settings.artifacts.model_key(model_id))
     batcher = cache.batcher(model_id, path)
     runner, pre = batcher.predictor, batcher.predictor.preprocessor
@@ -128,9 +136,15 @@ def in_process(
         n += 1
     p = n / (time.perf_counter() - start)
     pixels = [decode_upload(img, pre, settings.max_image_pixels) for img in images[:batch]]
-    # F: the batched forward on preprocessed tensors, as the service runs it (channels_last),
-    # and with the model in the usual contiguous layout for comparison.
+    # F: the batched forward on preprocessed tensors, as the service runs it (its backend).
     x = pre.batch(pixels)
+    runner.probabilities(x)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        runner.probabilities(x)
+        n += batch
+    f = n / (time.perf_counter() - start)
+    # Eager torch with channels_last (as the torch backend runs it) and contiguous.
     rates = {}
     for channels_last in (True, False):
         model, card = load_artifact(path)
@@ -141,7 +155,6 @@ def in_process(
             predictor.probabilities(x)
             n += batch
         rates[channels_last] = n / (time.perf_counter() - start)
-    f = rates[True]
     # One image end to end: decode, preprocess, forward.
     times = []
     for i in range(200):
@@ -151,7 +164,13 @@ def in_process(
         times.append(time.perf_counter() - t0)
     cache.close()
     single_ms = statistics.median(times) * 1000
-    return {"F": f, "F_contiguous": rates[False], "P": p, "single_ms": single_ms}
+    return {
+        "F": f,
+        "F_channels_last": rates[True],
+        "F_contiguous": rates[False],
+        "P": p,
+        "single_ms": single_ms,
+    }
 
 
 def load(
@@ -282,6 +301,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--skip-flood", action="store_true")
     parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default=Settings().serving_backend,
+        help="TRANSFERLAB_SERVING_BACKEND for the API and the in-process F (default: the "
+        "service's default)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="a checkout of an older commit (git archive <commit> | tar -x -C DIR): its API is "
@@ -294,7 +320,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="transferlab-serve-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
     env |= {"TRANSFERLAB_DATA_DIR": str(tmp / "data"), "OMP_WAIT_POLICY": "PASSIVE"}
-    settings = Settings(data_dir=tmp / "data")
+    env["TRANSFERLAB_SERVING_BACKEND"] = args.backend
+    settings = Settings(data_dir=tmp / "data", serving_backend=args.backend)
     tl = str(BIN / "transferlab")
     key = subprocess.run(
         [tl, "keys", "create", "--scopes", "admin", "--name", "bench"],
@@ -304,7 +331,7 @@ def main() -> None:
     models = {}
     for spec in args.models:
         backbone, size = spec.split(":")
-        models[spec] = register_model(settings, backbone, int(size))
+        models[spec] = register_model(settings, backbone, int(size), args.backend)
 
     # H: the no-op endpoint, same uvicorn defaults as `transferlab api`. It runs beside the API
     # and every measurement is repeated in rounds, interleaved (in-process, H, service,
@@ -375,9 +402,10 @@ def main() -> None:
                 f"{med(m['single_ms']):.1f} ms", f"{bound:.1f} ms",
                 "yes" if med(m["one_ms"]) <= bound else "no",
             ])  # fmt: skip
+            layouts = zip(m["F_channels_last"], m["F_contiguous"], strict=True)
             layout_rows.append([
-                spec, f"{med(m['F']):.0f}", f"{med(m['F_contiguous']):.0f}",
-                f"{med([a / b for a, b in zip(m['F'], m['F_contiguous'], strict=True)]):.2f}",
+                spec, f"{med(m['F_channels_last']):.0f}", f"{med(m['F_contiguous']):.0f}",
+                f"{med([a / b for a, b in layouts]):.2f}", f"{med(m['F']):.0f}",
             ])  # fmt: skip
             if old_api:
                 baseline_rows.append([
@@ -416,7 +444,7 @@ def main() -> None:
     print(
         f"{args.clients} concurrent one-image clients, medians of {args.rounds} interleaved "
         f"rounds of {args.seconds:.0f} s (service / L: median, min-max), "
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs"
+        f"backend {args.backend}, torch {torch.__version__}, {os.cpu_count()} CPUs"
     )
     print(
         table(
@@ -454,7 +482,13 @@ def main() -> None:
     print()
     print(
         table(
-            ["model", "forward channels_last img/s", "forward contiguous img/s", "ratio"],
+            [
+                "model",
+                "torch channels_last img/s",
+                "torch contiguous img/s",
+                "ratio",
+                f"served ({args.backend}) img/s",
+            ],
             layout_rows,
         )
     )
