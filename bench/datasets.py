@@ -18,6 +18,7 @@
 
     .venv/bin/python bench/datasets.py              # about 4 minutes on 2 CPU cores
     .venv/bin/python bench/datasets.py --repeats 5 --upload-mib 1024
+    .venv/bin/python bench/datasets.py --upload-only --upload-mib 1024   # target 3 alone
 """
 
 from __future__ import annotations
@@ -260,10 +261,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--upload-mib", type=int, default=256)
     parser.add_argument("--skip-upload", action="store_true")
+    parser.add_argument("--upload-only", action="store_true", help="target 3 alone")
     args = parser.parse_args()
-    rows = near_duplicates(args.planted, args.seed)
-    with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
-        rows += report_cost(Path(tmp), args.repeats)
+    rows = []
+    if not args.upload_only:
+        rows += near_duplicates(args.planted, args.seed)
+        with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
+            rows += report_cost(Path(tmp), args.repeats)
     if not args.skip_upload:
         with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
             rows += resumable_upload(Path(tmp), args.upload_mib)
