@@ -137,20 +137,34 @@ async def put_part(
             "every part needs a checksum: a Content-SHA256 header (hex) or Content-MD5 (base64)",
             code="part_checksum_required",
         )
-    return await store.receive_part(
-        settings.layout.upload_parts_dir(upload.id),
-        number,
-        body,
-        expected_size=part_bytes(upload, number),
-        sha256=sha256,
-        md5_b64=md5,
-    )
+    try:
+        return await store.receive_part(
+            settings.layout.upload_parts_dir(upload.id),
+            number,
+            body,
+            expected_size=part_bytes(upload, number),
+            sha256=sha256,
+            md5_b64=md5,
+        )
+    except FileNotFoundError:
+        # The sweep removed the upload's folder while this part was arriving.
+        raise _swept(upload.id) from None
 
 
 def touch(session: Session, settings: Settings, upload: Upload) -> None:
     """A stored part keeps the upload alive for another ``upload_ttl_s``."""
-    upload.expires_at = utcnow() + timedelta(seconds=settings.upload_ttl_s)
-    session.flush()
+    expires_at = utcnow() + timedelta(seconds=settings.upload_ttl_s)
+    if not repo.extend(session, upload.id, expires_at):
+        # Swept (or completed) between the part's arrival and now: the part's folder is gone
+        # or going with it.
+        raise _swept(upload.id)
+
+
+def _swept(upload_id: uuid.UUID) -> UploadNotFound:
+    return UploadNotFound(
+        f"upload {upload_id} expired and was swept while this part arrived; create a new upload",
+        details={"id": str(upload_id)},
+    )
 
 
 @contextmanager

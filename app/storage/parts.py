@@ -19,6 +19,9 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+import anyio
 
 from app.errors import InvalidInput
 
@@ -56,19 +59,33 @@ async def receive_part(
     sha256: str | None,
     md5_b64: str | None,
 ) -> StoredPart:
-    """Stream a part to disk, check its size and checksum(s), then store it atomically."""
+    """Stream a part to disk, check its size and checksum(s), then store it atomically.
+
+    The body's chunks (64 KiB from uvicorn) are gathered to CHUNK and each CHUNK is hashed and
+    written on a worker thread, so an 8 MiB part holds the event loop for eight hand-offs rather
+    than 30 ms of hashing and writes. FileNotFoundError: the folder was removed meanwhile (the
+    upload was swept or aborted)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".part-{number:06d}-{secrets.token_hex(8)}"
     sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+
+    def write(out: BinaryIO, data: bytes) -> None:
+        out.write(data)
+        sha.update(data)
+        md5.update(data)
+
     try:
         with open(tmp, "xb") as out:
+            pending = bytearray()
             async for chunk in body:
                 size += len(chunk)
                 if size > expected_size:
                     raise _size_mismatch(number, expected_size, f"more than {expected_size}")
-                out.write(chunk)
-                sha.update(chunk)
-                md5.update(chunk)
+                pending += chunk
+                if len(pending) >= CHUNK:
+                    await anyio.to_thread.run_sync(write, out, bytes(pending))
+                    pending.clear()
+            await anyio.to_thread.run_sync(write, out, bytes(pending))
         if size != expected_size:
             raise _size_mismatch(number, expected_size, str(size))
         digest = sha.hexdigest()

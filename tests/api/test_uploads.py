@@ -248,3 +248,34 @@ def test_idle_uploads_expire_and_are_swept(client, settings) -> None:
     assert not settings.layout.upload_parts_dir(idle).exists() and not orphan.exists()
     assert client.get(f"/v1/uploads/{idle}").status_code == 404
     assert client.get(f"/v1/uploads/{live}").json()["bytes_received"] == 10
+
+
+def test_a_part_arriving_while_its_upload_is_swept_gets_404(client, settings) -> None:
+    # The attack a reviewer named: an expired upload swept while a late part of it streams in
+    # ended in a 500 (the part's folder vanished under it).
+    uid = client.post("/v1/uploads", json={"size": 2 * PART, "part_size": PART}).json()["id"]
+    part = b"z" * PART
+
+    def body_that_waits_for_the_sweep() -> Iterator[bytes]:
+        yield part[: PART // 2]
+        db = Database(settings.resolved_database_url)
+        with db.session_scope() as session:
+            session.execute(
+                update(Upload)
+                .where(Upload.id == uuid.UUID(uid))
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+        with db.session_scope() as session:
+            assert upload_service.sweep_expired(session, settings) == [uuid.UUID(uid)]
+        db.dispose()
+        yield part[PART // 2 :]
+
+    r = client.put(
+        f"/v1/uploads/{uid}/parts/1",
+        content=body_that_waits_for_the_sweep(),
+        headers={"Content-SHA256": sha(part), "Content-Length": str(PART)},
+    )
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "upload_not_found"
+    assert "swept" in r.json()["error"]["message"]
+    assert not settings.layout.upload_parts_dir(uid).exists()

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Upload
@@ -33,3 +33,14 @@ def known_ids(session: Session, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
 def delete_ids(session: Session, ids: Sequence[uuid.UUID]) -> None:
     if ids:
         session.execute(delete(Upload).where(Upload.id.in_(ids)))
+
+
+def extend(session: Session, upload_id: uuid.UUID, expires_at: datetime) -> bool:
+    """Move an open upload's expiry; False when its row is gone (swept meanwhile)."""
+    result = session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.status == "open")
+        .values(expires_at=expires_at)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
