@@ -141,7 +141,7 @@ def duplicates_report(console: Console, dup: dict[str, Any], leak: dict[str, Any
 
     total = leak.get("val_total", 0)
     if not total:
-        console.print("leakage: no validation split")
+        console.print("leakage: no val/ split (jobs hold out part of train instead)")
         return
     if not leak.get("val_images"):
         console.print(f"leakage: none of the {total} validation images has a copy in train")

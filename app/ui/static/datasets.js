@@ -104,7 +104,7 @@ function duplicatesCard(dup, leak, dedupe) {
   const groups = Object.entries(KINDS).flatMap(([kind, label]) =>
     ((source.examples || {})[kind] || []).map((g) => [label, h("span", { class: "paths" }, g.map((m, i) => [i ? h("br") : null, h("code", {}, m.path)]))]));
   const leakText = !leak.val_total
-    ? "No validation split: nothing can leak (jobs split the training images themselves)."
+    ? "No val/ split: jobs hold out part of train instead, where copies within a class (above) can land on both sides."
     : leak.val_images
       ? `${leak.val_images} of ${leak.val_total} validation images (${pct(leak.fraction)}) have a copy in train (${leak.exact} of them exact): validation scores will be optimistic.`
       : `None of the ${leak.val_total} validation images has a copy in train.`;
