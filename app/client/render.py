@@ -10,6 +10,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -92,10 +93,127 @@ def dataset(console: Console, ds: dict[str, Any]) -> None:
         skipped.add_column("path")
         skipped.add_column("reason")
         for item in rejected[:50]:
-            skipped.add_row(item["path"], item["reason"])
+            skipped.add_row(escape(item["path"]), escape(item["reason"]))
         console.print(skipped)
         if len(rejected) > 50:
             console.print(f"... and {len(rejected) - 50} more (--json lists them all)")
+    if "warnings" not in report:
+        console.print("(uploaded before the quality report: no duplicates, leakage or statistics)")
+        return
+    duplicates_report(console, report.get("duplicates") or {}, report.get("leakage") or {})
+    dedupe = report.get("dedupe") or {}
+    if dedupe.get("mode", "none") != "none":
+        console.print(f"dedupe={dedupe['mode']} removed {dedupe.get('removed', 0)} image(s)")
+    statistics_report(console, report.get("statistics") or {})
+    warnings_report(console, report["warnings"])
+
+
+DUPLICATE_KINDS = {
+    "within_class": "within a class",
+    "across_classes": "across classes",
+    "across_splits": "across splits",
+}
+
+
+def duplicates_report(console: Console, dup: dict[str, Any], leak: dict[str, Any]) -> None:
+    """Counts of exact and near copies, example groups, and train/val leakage."""
+    table = _table(f"duplicates (near: within {dup.get('max_distance', '?')} bits of a pHash)")
+    table.add_column("kind")
+    for column in ("groups", "images", "redundant", *DUPLICATE_KINDS.values()):
+        table.add_column(column, justify="right")
+    for kind in ("exact", "near"):
+        counts = dup.get(kind)
+        if counts:
+            keys = ("groups", "images", "redundant", *DUPLICATE_KINDS)
+            table.add_row(kind, *(str(counts.get(k, 0)) for k in keys))
+    console.print(table)
+    # The near groups include the exact ones; quote the exact ones only when near found none.
+    source = dup.get("near") if (dup.get("near") or {}).get("groups") else dup.get("exact")
+    examples = (source or {}).get("examples") or {}
+    groups = [(label, g) for kind, label in DUPLICATE_KINDS.items() for g in examples.get(kind, [])]
+    if groups:
+        quoted = _table("example duplicate groups")
+        quoted.add_column("kind")
+        quoted.add_column("images")
+        for label, group in groups:
+            quoted.add_row(label, escape("\n".join(member["path"] for member in group)))
+        console.print(quoted)
+
+    total = leak.get("val_total", 0)
+    if not total:
+        console.print("leakage: no val/ split (jobs hold out part of train instead)")
+        return
+    if not leak.get("val_images"):
+        console.print(f"leakage: none of the {total} validation images has a copy in train")
+        return
+    console.print(
+        f"[yellow]leakage[/yellow]: {leak['val_images']} of {total} validation images "
+        f"({leak['fraction']:.1%}) have a copy in train ({leak.get('exact', 0)} exact)"
+    )
+    leaked = _table("validation images with a copy in train")
+    leaked.add_column("val")
+    leaked.add_column("train")
+    for item in leak.get("examples") or []:
+        leaked.add_row(escape(item["val"]), escape("\n".join(item["train"])))
+    console.print(leaked)
+
+
+def statistics_report(console: Console, stats: dict[str, Any]) -> None:
+    """Histograms (shorter side, colour mode) as bars of blocks, and the class balance."""
+    sizes = stats.get("sizes") or {}
+    for title, column, counts in (
+        ("shorter side", "px", sizes.get("shorter_side_histogram") or {}),
+        ("colour modes", "mode", stats.get("modes") or {}),
+    ):
+        if counts:
+            console.print(_histogram(title, column, counts))
+    balance = stats.get("class_balance") or {}
+    if balance:
+        table = _table("class balance")
+        for column in ("split", "largest", "smallest", "imbalance"):
+            table.add_column(column, justify="right" if column == "imbalance" else "left")
+        for split, b in balance.items():
+            table.add_row(
+                split, escape(f"{b['largest']['class']} ({b['largest']['images']})"),
+                escape(f"{b['smallest']['class']} ({b['smallest']['images']})"),
+                f"{b['imbalance_ratio']}x",
+            )  # fmt: skip
+        console.print(table)
+    spread = [(axis, sizes.get(axis) or {}) for axis in ("width", "height")]
+    if all(s for _, s in spread):
+        common = ", ".join(f"{c['size']} ({c['count']})" for c in sizes.get("most_common") or [])
+        console.print(
+            "sizes: "
+            + ", ".join(f"{axis} {s['min']}/{s['median']}/{s['max']} px" for axis, s in spread)
+            + f" (min/median/max); most common {common}"
+        )
+
+
+def _histogram(title: str, column: str, counts: dict[str, int], width: int = 30) -> Table:
+    table = _table(title)
+    table.add_column(column)
+    table.add_column("images", justify="right")
+    table.add_column("")
+    top = max(counts.values()) or 1
+    for label, n in counts.items():
+        blocks = "█" * max(1, round(width * n / top))
+        table.add_row(escape(label), str(n), f"[cyan]{blocks}[/]")
+    return table
+
+
+def warnings_report(console: Console, warnings: list[dict[str, Any]]) -> None:
+    """The report's warnings, last and in colour: they change what a job's scores mean."""
+    if not warnings:
+        console.print("[green]no warnings[/green]")
+        return
+    console.print(f"[bold yellow]{len(warnings)} warning(s)[/bold yellow]")
+    for w in warnings:
+        console.print(f"  [yellow]{w['code']}[/yellow]: {escape(w['message'])}")
+        shown = (w.get("examples") or [])[:5]
+        if shown:
+            left = max(w.get("count", 0), len(w["examples"])) - len(shown)
+            more = f" and {left} more" if left > 0 else ""
+            console.print(f"    e.g. {escape(', '.join(shown))}{more}")
 
 
 def datasets(console: Console, page: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ from tests/services.py)."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -10,12 +11,17 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
+
+from tests.conftest import digit_png
 
 pytestmark = pytest.mark.e2e
 
@@ -186,3 +192,28 @@ def upload_file(client: httpx.Client, path: Path) -> dict:
         r = client.post("/v1/datasets", files={"file": (path.name, fh, "application/zip")})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+# The PNG planted twice: the same bytes in train and in val, a duplicate across splits.
+PLANTED = ("train/digit_0/000.png", "val/digit_0/copy-of-000.png")
+
+
+@pytest.fixture(scope="session")
+def leaky_zip(digits, digits_zip) -> Path:
+    """Digits 0-2 under train/ (000-006 of each) and val/ (007-009), and PLANTED: the same
+    PNG in train and val, so the report has a duplicate across splits and val leaks. Also a
+    copy within a class and one larger RGB image, so every section of the report has content."""
+    source = zipfile.ZipFile(digits_zip(classes=(0, 1, 2), per_class=10, name="leaky-src.zip"))
+    path = Path(str(source.filename)).with_name("leaky.zip")
+    images, targets = digits
+    rgb = io.BytesIO()
+    big = Image.open(io.BytesIO(digit_png(images[np.flatnonzero(targets == 1)[20]], size=64)))
+    big.convert("RGB").save(rgb, format="PNG")
+    with zipfile.ZipFile(path, "w") as zf:
+        for member in source.namelist():
+            split = "val" if int(member.split("/")[1][:3]) >= 7 else "train"
+            zf.writestr(f"{split}/{member}", source.read(member))
+        zf.writestr(PLANTED[1], source.read(PLANTED[0].removeprefix("train/")))
+        zf.writestr("train/digit_2/000 (copy).png", source.read("digit_2/000.png"))
+        zf.writestr("train/digit_1/large-rgb.png", rgb.getvalue())
+    return path

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from tests.e2e.conftest import BIN, Service
+from tests.e2e.conftest import BIN, PLANTED, Service
 
 pytestmark = pytest.mark.e2e
 
@@ -88,6 +88,33 @@ def test_the_walk_through_with_the_cli(embedded: Service, digits_zip, tmp_path):
     )  # fmt: skip
     final = json.loads(ok(result))
     assert final["status"] == "succeeded" and final["model_id"]
+
+
+def test_the_dataset_report_in_the_cli(embedded: Service, leaky_zip):
+    # Upload: the report's duplicates, leakage, statistics and warnings as tables and lines.
+    out = ok(cli(embedded, "datasets", "upload", str(leaky_zip), "--name", "cli-leaky"))
+    items = json.loads(ok(cli(embedded, "datasets", "list", "--json")))["items"]
+    dataset = next(d for d in items if d["name"] == "cli-leaky")
+    with embedded.client() as c:
+        report = c.get(f"/v1/datasets/{dataset['id']}").json()["report"]
+    exact, near = report["duplicates"]["exact"], report["duplicates"]["near"]
+    leak = report["leakage"]
+    assert exact["across_splits"] >= 1 and leak["val_images"] >= 1  # the planted copy
+    lines = out.splitlines()
+    columns = ("groups", "images", "redundant", "within_class", "across_classes", "across_splits")
+    for kind, counts in (("exact", exact), ("near", near)):
+        row = next(line.split() for line in lines if line.strip().startswith(f"{kind} "))
+        assert row == [kind, *(str(counts[k]) for k in columns)], (kind, out)
+    assert "example duplicate groups" in out and "across splits" in out
+    assert f"leakage: {leak['val_images']} of {leak['val_total']} validation images" in out
+    assert any(PLANTED[1] in line and PLANTED[0] in line for line in lines), out
+    assert "shorter side" in out and "class balance" in out
+    assert "val_leakage" in out and out.rindex("warning(s)") > out.index("class balance")
+
+    # show prints the same; --json stays the API's JSON.
+    assert ok(cli(embedded, "datasets", "show", dataset["id"])) == out
+    shown = json.loads(ok(cli(embedded, "datasets", "show", dataset["id"], "--json")))
+    assert shown["report"] == report
 
 
 def test_a_failed_job_exits_non_zero_with_its_error(embedded: Service, digits_zip):

@@ -1,7 +1,9 @@
 """The dashboard at /ui in a real browser (Debian's Chromium, driven by Playwright) against a
 real `transferlab serve`: sign in, upload a dataset, start a job, watch its curves grow over the
-event stream, open the model's confusion matrix, predict by drag-and-drop; at 1280x800 and at a
-phone's width. Screenshots go to test-artifacts/dashboard/ (the README shows copies in docs/).
+event stream, open the model's confusion matrix, set an alias and a tag on it, predict by
+drag-and-drop, create and revoke a key; a dataset's duplicates and leakage report; at 1280x800
+and at a phone's width. Screenshots go to test-artifacts/dashboard/ (the README shows copies in
+docs/).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import PLANTED, Service, upload_file
 
 pytestmark = pytest.mark.e2e
 
@@ -82,8 +84,19 @@ class Page:
         self.page.click("#sign-in button")
         self.page.wait_for_selector("h1:has-text('Datasets')")
 
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    def shot(self, name: str, until: str | None = None) -> None:
+        """The whole page; with `until`, from the top down to the bottom of that element."""
+        clip = None
+        if until:
+            box = self.page.locator(until).bounding_box()
+            bottom = box["y"] + box["height"] + self.page.evaluate("window.scrollY") + 16
+            clip = {"x": 0, "y": 0, "width": self.page.viewport_size["width"], "height": bottom}
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True, clip=clip)
+
+    def forget_refusals(self, status: int) -> None:
+        """Drop the browser's own log line for each request the API refused with this status
+        (the test then checks that the page shows the API's error itself)."""
+        self.errors = [e for e in self.errors if f"status of {status}" not in e]
 
     def fits_width(self) -> bool:
         return self.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
@@ -149,6 +162,35 @@ def test_the_walk_through_in_the_dashboard(browser, embedded: Service, digits_zi
     assert page.locator("#lineage a[href^='#/datasets/']").count() == 1
     tab.shot("model")
 
+    # The registry: point an alias at this version and tag it through the page; both show.
+    model_id = page.url.rsplit("/", 1)[1]
+    assert page.locator("#model-labels .chip").count() == 0
+    set_alias_and_tag(page, "prod", "reviewed")
+    with embedded.client() as c:
+        model = c.get(f"/v1/models/{model_id}").json()
+        assert (model["aliases"], model["tags"]) == (["prod"], ["reviewed"])
+        assert c.get(f"/v1/models/{model['name']}@prod").json()["id"] == model_id
+    # Delete (confirmed) is refused while the alias points here: the API's message shows.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    page.wait_for_selector("#registry-error:has-text('model_aliased')")
+    assert f"{model['name']}@prod point(s) at it" in page.inner_text("#registry-error")
+    tab.forget_refusals(409)
+    tab.shot("model-registry", until="#registry")
+    page.reload()  # what shows comes from the API
+    page.wait_for_selector("#model-labels [data-alias=prod]")
+    assert page.locator("#model-labels [data-tag=reviewed]").count() == 1
+    assert page.locator("#registry-error").is_hidden()
+    page.click("#registry details summary")  # the alias's history: created, pointing at v1
+    page.wait_for_selector("#alias-history table")
+    moves = page.locator("#alias-history tbody tr")
+    assert moves.count() == 1 and moves.first.inner_text().split()[:3] == ["prod", "\u2013", "v1"]
+    page.goto(f"{embedded.url}/ui/#/models")
+    page.wait_for_selector("#model-list .chip.alias:has-text('@prod')")
+    assert page.locator("#model-list .chip.tag:text-is('reviewed')").count() == 1
+    page.go_back()
+    page.wait_for_selector("#predict-drop")
+
     # Predict: two images chosen with the file picker, then one dropped on the zone.
     archive = zipfile.ZipFile(path)
     images = []
@@ -175,17 +217,76 @@ def test_the_walk_through_in_the_dashboard(browser, embedded: Service, digits_zi
             page.click("details summary")  # the new-job form, for the screenshot
         assert tab.fits_width(), name
         tab.shot(name)
+
+    # Keys: create one (its secret is shown once), then revoke it (confirmed).
+    page.fill("#key-form [name=name]", "dashboard-test")
+    page.click("#key-form button[type=submit]")
+    secret = page.inner_text("#new-key code.secret")
+    prefix = secret.split("_")[1]
+    assert secret.startswith("tl_") and page.locator(f"[data-revoke='{prefix}']").count() == 1
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"[data-revoke='{prefix}']")
+    page.wait_for_selector(f"[data-revoke='{prefix}']", state="detached")
+    with embedded.client() as c:
+        key = next(k for k in c.get("/v1/keys").json() if k["prefix"] == prefix)
+    assert key["revoked_at"] is not None
     tab.close()
 
 
-def test_pages_fit_a_phone(browser, embedded: Service):
+def set_alias_and_tag(page, alias: str, tag: str) -> None:
+    page.fill("#alias-form [name=alias]", alias)
+    page.click("#alias-form button")
+    page.wait_for_selector(f"#alias-chips .chip:has-text('@{alias}')")
+    page.fill("#tag-form [name=tag]", tag)
+    page.click("#tag-form button")
+    page.wait_for_selector(f"#tag-chips .chip:has-text('{tag}')")
+    assert page.locator(f"#model-labels [data-alias='{alias}']").count() == 1
+    assert page.locator(f"#model-labels [data-tag='{tag}']").count() == 1
+
+
+def test_the_dataset_report_shows_duplicates_and_leakage(browser, embedded: Service, leaky_zip):
+    tab = Page(browser, embedded, 1280, 800)
+    tab.sign_in()
+    page = tab.page
+    page.fill("#dataset-name", "leaky-ui")
+    page.set_input_files("#dataset-drop input[type=file]", str(leaky_zip))
+    page.wait_for_selector("#duplicates")
+    with embedded.client() as c:
+        report = c.get(f"/v1/datasets/{page.url.rsplit('/', 1)[1]}").json()["report"]
+    duplicates, leak = report["duplicates"], report["leakage"]
+    assert duplicates["exact"]["across_splits"] >= 1  # the planted copy
+    assert {"val": PLANTED[1], "train": [PLANTED[0]]} in leak["examples"]
+
+    # The counts on the page are the API's; the planted pair is quoted; the warning is on top.
+    for kind in ("exact", "near"):
+        shown = page.inner_text(f"[data-kind={kind}-across-splits]")
+        assert shown == str(duplicates[kind]["across_splits"]), kind
+    leakage = page.inner_text("#leakage")
+    assert f"{leak['val_images']} of {leak['val_total']} validation images" in leakage
+    row = page.locator("#leakage tr", has_text=PLANTED[1])
+    assert row.count() == 1 and PLANTED[0] in row.inner_text()
+    assert page.locator("#duplicate-groups td:text-is('across splits')").count() >= 1
+    assert page.locator("#dataset-warnings.warnings li[data-code=val_leakage]").count() == 1
+    bins = report["statistics"]["sizes"]["shorter_side_histogram"]
+    assert page.locator("#size-histogram rect.bar").count() == len(bins) >= 1
+    assert page.locator("#mode-histogram rect.bar").count() == len(report["statistics"]["modes"])
+    assert tab.fits_width()
+    tab.shot("dataset-report")
+    tab.close()
+
+
+def test_pages_fit_a_phone(browser, embedded: Service, leaky_zip):
     tab = Page(browser, embedded, 390, 844)
     tab.sign_in()
     page = tab.page
     with embedded.client() as c:
         job = next(j for j in c.get("/v1/jobs").json()["items"] if j["model_id"])
+        datasets = c.get("/v1/datasets", params={"limit": 100}).json()["items"]
+        leaky = next((d for d in datasets if d["name"] == "leaky"), None)
+        leaky = leaky or upload_file(c, leaky_zip)
     pages = {
         "datasets": "#/datasets",
+        "dataset": f"#/datasets/{leaky['id']}",
         "jobs": "#/jobs",
         "job": f"#/jobs/{job['id']}",
         "model": f"#/models/{job['model_id']}",
@@ -194,8 +295,21 @@ def test_pages_fit_a_phone(browser, embedded: Service):
         page.goto(f"{embedded.url}/ui/{route}")
         page.wait_for_selector("main h1")
         page.wait_for_load_state("networkidle")
+        if name == "dataset":
+            assert page.locator("#leakage tr", has_text=PLANTED[1]).count() == 1
+            assert page.locator("#dataset-warnings li[data-code=val_leakage]").count() == 1
         assert tab.fits_width(), f"{name} is wider than the phone"
         tab.shot(f"phone-{name}")
+
+    # On the model's page: an alias and a tag set at this width show; the alias is removed again.
+    set_alias_and_tag(page, "canary", "phone-checked")
+    assert tab.fits_width()
+    page.locator("#registry").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "phone-registry.png"))  # the viewport: the card
+    page.click("#alias-chips [aria-label='Remove the alias canary']")
+    page.wait_for_selector("#model-labels [data-alias=canary]", state="detached")
+    with embedded.client() as c:
+        assert "canary" not in c.get(f"/v1/models/{job['model_id']}").json()["aliases"]
     tab.close()
 
 

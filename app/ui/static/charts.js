@@ -105,3 +105,23 @@ export function heatmap(classes, matrix) {
   });
   return root;
 }
+
+// bins: [[label, count], ...] in order -> vertical columns with the count above each. Drawn at
+// its natural size (a column per bin), shrunk to fit a narrow container.
+export function histogram(bins, { xLabel = "", yLabel = "images" } = {}) {
+  const slot = 72, L = 8, R = 8, T = 40, B = 34, H = 190;
+  const W = Math.max(220, L + R + bins.length * slot);
+  const max = Math.max(1, ...bins.map((b) => b[1]));
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "chart histogram", role: "img", "data-bins": String(bins.length) });
+  root.append(svg("text", { x: 4, y: 12, class: "axis" }, [yLabel]));
+  root.append(svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "grid" }));
+  bins.forEach(([label, count], i) => {
+    const h = (count / max) * (H - T - B);
+    const x = L + i * slot;
+    root.append(svg("rect", { x: x + slot * 0.15, y: H - B - h, width: slot * 0.7, height: Math.max(h, 0), class: "bar split-0" }, [svg("title", {}, [`${label}: ${count}`])]));
+    root.append(svg("text", { x: x + slot / 2, y: H - B - h - 4, class: "tick", "text-anchor": "middle" }, [String(count)]));
+    root.append(svg("text", { x: x + slot / 2, y: H - B + 15, class: "tick", "text-anchor": "middle" }, [label.length > 10 ? label.slice(0, 9) + "…" : label]));
+  });
+  root.append(svg("text", { x: W - R, y: H - 2, class: "axis", "text-anchor": "end" }, [xLabel]));
+  return root;
+}

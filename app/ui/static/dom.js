@@ -8,9 +8,15 @@ export function h(tag, attrs = {}, ...children) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c != null && c !== false) el.append(c instanceof Node ? c : String(c));
+  // Nested arrays (a map that returns [separator, element] pairs) are flattened all the way.
+  for (const c of children.flat(Infinity)) if (c != null && c !== false) el.append(c instanceof Node ? c : String(c));
   return el;
 }
+
+// Names, aliases and tags are slugs (app/naming.py). Browsers compile a pattern attribute with
+// the regex `v` flag, where a bare "-" in a class is a syntax error (the pattern is then ignored
+// and logged as an error): hence "\\-".
+export const SLUG = "[A-Za-z0-9][A-Za-z0-9._\\-]{0,99}";
 
 export const pct = (v) => (Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : "–");
 export const num = (v, d = 4) => (Number.isFinite(v) ? v.toFixed(d) : "–");

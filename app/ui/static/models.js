@@ -1,24 +1,41 @@
 // Model versions: the list; one version's metrics, per-class table, confusion matrix, lineage,
-// download, and prediction by drag-and-drop.
+// registry (aliases, tags, archive, delete), download, and prediction by drag-and-drop.
 import { api, download } from "./api.js";
 import { heatmap } from "./charts.js";
-import { h, table, when, short, pct, toast, errorText, dropZone } from "./dom.js";
+import { h, SLUG, table, when, short, pct, toast, errorText, dropZone } from "./dom.js";
 import { stat } from "./datasets.js";
 
 export async function modelsPage(view) {
-  const page = await api("/v1/models", { query: { limit: 100 } });
+  const archived = h("input", { type: "checkbox", id: "include-archived" });
+  const list = h("div", { id: "model-list" });
+  const title = h("h2", {}, "All versions");
+  const load = async () => {
+    const page = await api("/v1/models", { query: { limit: 100, include_archived: archived.checked || null } });
+    title.textContent = `All versions (${page.total})`;
+    list.replaceChildren(table(["Model", "Aliases", "Tags", "Strategy", "Base model", "Val acc", "Classes", "Created"], page.items.map((m) => [
+      h("a", { href: `#/models/${m.id}` }, `${m.name} v${m.version}`),
+      labels(m.aliases.map((a) => `@${a}`), "alias"),
+      [labels(m.tags, "tag"), m.archived_at ? h("span", { class: "badge" }, "archived") : null],
+      m.strategy, h("code", {}, m.base_model), pct(m.metrics?.val_accuracy), m.class_names.length, when(m.created_at),
+    ]), { empty: "No model version here: a job that succeeds registers one." }));
+  };
+  archived.addEventListener("change", () => load().catch((e) => toast(errorText(e))));
+  await load();
   view.replaceChildren(
     h("h1", {}, "Models"),
-    h("section", { class: "card" }, h("h2", {}, `All versions (${page.total})`),
-      table(["Model", "Strategy", "Base model", "Val acc", "Classes", "Created"], page.items.map((m) => [
-        h("a", { href: `#/models/${m.id}` }, `${m.name} v${m.version}`), m.strategy, h("code", {}, m.base_model),
-        pct(m.metrics?.val_accuracy), m.class_names.length, when(m.created_at),
-      ]), { empty: "No model yet: a job that succeeds registers one." })),
+    h("section", { class: "card" }, h("div", { class: "title-row" }, title,
+      h("label", { class: "check", for: "include-archived" }, archived, "Show archived versions")), list),
   );
+}
+
+// Aliases and tags as chips (text only; the version page has the buttons that change them).
+function labels(names, cls) {
+  return h("span", { class: "chips" }, names.map((n) => h("span", { class: `chip ${cls}` }, n)));
 }
 
 export async function modelPage(view, signal, id) {
   const [m, jobs] = await Promise.all([api(`/v1/models/${id}`), api("/v1/jobs", { query: { limit: 500 } })]);
+  const registry = await registryCard(m, () => location.replace("#/models"));
   const metrics = m.metrics || {};
   const matrix = metrics.confusion_matrix || [];
   const perClass = metrics.per_class_accuracy || {};
@@ -38,16 +55,144 @@ export async function modelPage(view, signal, id) {
   view.replaceChildren(
     h("p", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", `${m.name} v${m.version}`),
     h("div", { class: "title-row" }, h("h1", {}, `${m.name} v${m.version}`), downloadButton),
+    registry.summary,
     h("div", { class: "stats" },
       stat("Val accuracy", pct(metrics.val_accuracy)), stat("Val images", metrics.num_val_images ?? "–"),
       stat("Epochs", metrics.epochs ?? "–"), stat("Training", metrics.train_seconds != null ? `${metrics.train_seconds.toFixed(1)} s` : "–"),
       stat("Strategy", m.strategy), stat("Base model", m.base_model)),
     h("section", { class: "card" }, h("h2", {}, "Lineage"), lineage(m, children)),
+    registry.card,
     predictCard(m),
     h("section", { class: "card" }, h("h2", {}, "Per class"), table(["Class", "Accuracy", "Val images", "Most confused with"], rows)),
     h("section", { class: "card" }, h("h2", {}, "Confusion matrix"),
       matrix.length ? h("div", { class: "scroll", id: "confusion" }, heatmap(m.class_names, matrix)) : h("p", { class: "empty" }, "No validation images.")),
   );
+}
+
+// The registry for one version: its aliases (point one here, move one here, remove one), its
+// tags, archive and delete. Every change goes through the API and the card redraws from the
+// API's answer; a refusal (409 model_aliased, model_archived, ...) is shown in the card.
+async function registryCard(m, onDeleted) {
+  const path = (...parts) => `/v1/models/${parts.map(encodeURIComponent).join("/")}`;
+  const summary = h("div", { class: "chips", id: "model-labels" });
+  const error = h("p", { class: "error", id: "registry-error", role: "alert", hidden: true });
+  const body = h("div", { class: "registry" });
+  const card = h("section", { class: "card", id: "registry" }, h("h2", {}, "Registry"), error, body);
+  let model = m;
+
+  // Runs one change; on success redraws from the API (the alias list changes with the version).
+  const act = async (button, change) => {
+    error.hidden = true;
+    if (button) button.disabled = true;
+    try {
+      const answer = await change();
+      if (answer === "deleted") return onDeleted();
+      await draw();
+    } catch (e) {
+      error.textContent = errorText(e); // e.g. "cannot delete digits:1: digits@prod point(s) at it; ... (model_aliased)"
+      error.hidden = false;
+      if (button) button.disabled = false;
+    }
+  };
+  const button = (label, attrs, change) => {
+    const b = h("button", { type: "button", ...attrs }, label);
+    b.addEventListener("click", () => act(b, change));
+    return b;
+  };
+  const chip = (text, cls, removeLabel, change) => h("span", { class: `chip ${cls}` }, text,
+    button("×", { "aria-label": removeLabel, title: removeLabel }, change));
+  const slugInput = (name, placeholder, list) => h("input", {
+    name, placeholder, required: true, list, autocomplete: "off", maxlength: 100,
+    pattern: SLUG, title: "letters, digits, . _ - (starting with a letter or digit)",
+  });
+  const form = (id, input, label, change) => {
+    const f = h("form", { id }, input, h("button", { type: "submit" }, label));
+    f.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const value = input.value.trim();
+      act(f.querySelector("button"), async () => { await change(value); input.value = ""; });
+    });
+    return f;
+  };
+
+  async function draw() {
+    const [fresh, aliases, versions] = await Promise.all([
+      api(path(model.id)),
+      api(path(model.name, "aliases")),
+      api("/v1/models", { query: { name: model.name, include_archived: true, limit: 500 } }),
+    ]);
+    model = fresh;
+    const number = Object.fromEntries(versions.items.map((v) => [v.id, `v${v.version}`]));
+    const others = aliases.filter((a) => a.model_id !== model.id);
+
+    summary.replaceChildren(
+      ...model.aliases.map((a) => h("span", { class: "chip alias", "data-alias": a }, `@${a}`)),
+      ...model.tags.map((t) => h("span", { class: "chip tag", "data-tag": t }, t)),
+      ...(model.archived_at ? [h("span", { class: "badge", id: "archived-badge" }, `archived ${when(model.archived_at)}`)] : []));
+
+    const aliasInput = slugInput("alias", "e.g. prod", "alias-names");
+    const tagInput = slugInput("tag", "e.g. reviewed");
+    const history = h("div", { id: "alias-history" });
+    const details = h("details", {}, h("summary", {}, "History of the aliases"), history);
+    details.addEventListener("toggle", async () => {
+      if (!details.open || history.childElementCount) return;
+      try {
+        const views = await Promise.all(aliases.map((a) => api(path(model.name, "aliases", a.alias))));
+        const moves = views.flatMap((v) => v.history.map((e) => ({ alias: v.alias, ...e }))).sort((a, b) => b.at.localeCompare(a.at));
+        const name = (mid) => (mid ? number[mid] || short(mid) : "–");
+        history.replaceChildren(table(["Alias", "From", "To", "By", "When"],
+          moves.map((e) => [e.alias, name(e.from_model_id), name(e.to_model_id), e.actor, when(e.at)]),
+          { empty: "No alias was ever set on this model." }));
+      } catch (e) {
+        history.replaceChildren(h("p", { class: "error" }, errorText(e)));
+      }
+    });
+
+    body.replaceChildren(
+      h("div", {},
+        h("h3", {}, "Aliases of this version"),
+        h("div", { class: "chips", id: "alias-chips" }, model.aliases.length
+          ? model.aliases.map((a) => chip(`@${a}`, "alias", `Remove the alias ${a}`, () => api(path(model.name, "aliases", a), { method: "DELETE" })))
+          : h("span", { class: "muted" }, "none")),
+        form("alias-form", aliasInput, "Point here", (alias) =>
+          api(path(model.name, "aliases", alias), { method: "PUT", json: { model_id: model.id } })),
+        h("datalist", { id: "alias-names" }, others.map((a) => h("option", { value: a.alias }))),
+        h("p", { class: "muted" }, "A new alias is created; an existing one moves here. Predict by ",
+          h("code", {}, `${model.name}@<alias>`), "."),
+        others.length ? [h("h3", {}, `Other aliases of ${model.name}`),
+          table(["Alias", "Points at", "Moved by", "When", ""], others.map((a) => [
+            h("code", {}, a.ref), h("a", { href: `#/models/${a.model_id}` }, `v${a.version}`), a.updated_by, when(a.updated_at),
+            button("Move here", { class: "small", "data-move": a.alias }, () =>
+              api(path(model.name, "aliases", a.alias), { method: "PUT", json: { model_id: model.id } })),
+          ]))] : null,
+        details),
+      h("div", {},
+        h("h3", {}, "Tags"),
+        h("div", { class: "chips", id: "tag-chips" }, model.tags.length
+          ? model.tags.map((t) => chip(t, "tag", `Remove the tag ${t}`, () => api(path(model.id, "tags", t), { method: "DELETE" })))
+          : h("span", { class: "muted" }, "none")),
+        form("tag-form", tagInput, "Add tag", (tag) => api(path(model.id, "tags", tag), { method: "PUT" })),
+        h("h3", {}, "Versions of ", model.name),
+        h("p", { id: "versions" }, versions.items.slice().sort((a, b) => a.version - b.version).map((v, i) => [i ? " · " : null,
+          v.id === model.id ? h("strong", {}, `v${v.version}`) : h("a", { href: `#/models/${v.id}` }, `v${v.version}`),
+          v.archived_at ? h("span", { class: "muted" }, " (archived)") : null])),
+        h("h3", {}, "This version"),
+        h("div", { class: "row" },
+          model.archived_at
+            ? button("Unarchive", { class: "secondary", id: "unarchive" }, () => api(path(model.id, "unarchive"), { method: "POST" }))
+            : button("Archive", { class: "secondary", id: "archive", title: "hide it from lists; it still predicts by id or name:version" },
+              () => api(path(model.id, "archive"), { method: "POST" })),
+          button("Delete…", { class: "danger", id: "delete" }, async () => {
+            if (!confirm(`Delete ${model.name} v${model.version} and its files? Predictions by its id or ${model.name}:${model.version} stop working.`)) return null;
+            await api(path(model.id), { method: "DELETE" });
+            return "deleted";
+          })),
+        h("p", { class: "muted" }, "Archive hides it from lists and keeps it serving; delete removes it. Both are refused while an alias points at it.")),
+    );
+  }
+
+  await draw();
+  return { card, summary };
 }
 
 function lineage(m, children) {
