@@ -33,15 +33,22 @@ def test_auto_picks_timms_policy_only_for_photo_sized_images_and_inputs(tmp_path
 def test_the_best_epoch_is_kept_unless_the_job_says_otherwise(digit_samples):
     data = DatasetSplits(class_names=CLASS_NAMES, train=take(digit_samples, 10))
     common = {"source": scratch(), "strategy": "finetune", "data": data, "device": "cpu"}
-    # lr 0.01 on 100 images: the validation loss is lowest at epoch 1 (2.58, then 5.49 ... 2.74),
-    # so the best epoch is not the last.
+    # lr 0.01 on 100 images: the validation loss wanders (2.3-3.6), so with most seeds its
+    # lowest is not at the last epoch. Which seed depends on the CPU's floating point (seed 0
+    # kept epoch 1 on one machine and epoch 6 on another), so the test takes the first seed
+    # whose best epoch is not the last: otherwise keep_best and the last epoch are the same
+    # model and nothing would be checked.
     hp = {"epochs": 6, "batch_size": 16, "learning_rate": 0.01, "image_size": 32}
-    best = run_training(**common, hparams=Hyperparameters(**hp))
-    last = run_training(**common, hparams=Hyperparameters(**hp, keep_best=False))
+    for seed in range(5):
+        best = run_training(**common, hparams=Hyperparameters(**hp, seed=seed))
+        if best.choices["kept_epoch"] != 6:
+            break
+    else:
+        pytest.fail("no seed of 5 had its best epoch before the last: pick other settings")
+    last = run_training(**common, hparams=Hyperparameters(**hp, seed=seed, keep_best=False))
     assert [m.val_loss for m in best.history] == [m.val_loss for m in last.history]
     kept = best.choices["kept_epoch"]
     assert kept == min(best.history, key=lambda m: m.val_loss).epoch
-    assert kept != 6, "pick settings whose best epoch is not the last"
     assert best.evaluation.accuracy == pytest.approx(best.history[kept - 1].val_accuracy)
     assert last.choices["kept_epoch"] == 6
     assert last.evaluation.accuracy == pytest.approx(last.history[-1].val_accuracy)
