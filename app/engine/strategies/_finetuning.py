@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from app.engine.data import (
     ImageDataset,
@@ -157,6 +159,22 @@ class Freezing:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
+def eval_loader(ctx: FitContext) -> DataLoader | None:
+    """The job's eval set (None without one), read like validation. Its generator is its own:
+    a DataLoader without one draws its base seed from torch's global RNG on every pass, which
+    training draws from too (dropout, augmentation)."""
+    if not ctx.evaluation:
+        return None
+    return create_loader(
+        ImageDataset(ctx.evaluation, create_eval_transform(ctx.preprocessing)),
+        ctx.hparams.batch_size,
+        device=ctx.runtime.device,
+        num_workers=ctx.num_workers,
+        persistent_workers=True,  # scored every epoch
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 class FinetuneTask(TrainingTask):
     """Fine-tuning on images: the model's loss on a batch, with the freezing schedule, the
     optimizer's parameter groups and the penalty's proximal step of ``opts``."""
@@ -204,6 +222,7 @@ class FinetuneTask(TrainingTask):
             num_workers=ctx.num_workers,
             persistent_workers=True,  # evaluated every epoch
         )
+        self.eval_loader = eval_loader(ctx)
         self.criterion = create_criterion(
             hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
         )
@@ -237,6 +256,11 @@ class FinetuneTask(TrainingTask):
 
     def evaluate(self) -> EvalStats:
         return evaluate(self.kept, self.val_loader, runtime=self.runtime, callbacks=self.callbacks)
+
+    def score_eval(self) -> EvalStats | None:
+        if self.eval_loader is None:
+            return None
+        return evaluate(self.kept, self.eval_loader, runtime=self.runtime, callbacks=self.callbacks)
 
     def after_load(self) -> None:
         self.penalty.refresh()  # load_state_dict made new param-group dicts: re-read their lr
