@@ -22,7 +22,7 @@ from app.engine.errors import EngineError
 from app.engine.loop import EvalStats, create_criterion, evaluate
 from app.engine.models import batchnorm_layers, freeze_stages, match_parameters
 from app.engine.optim import create_optimizer, create_param_groups
-from app.engine.regularization import PenaltyTerm, ProximalPenalty
+from app.engine.regularization import OrthogonalPenalty, PenaltyTerm, ProximalPenalty
 from app.engine.specs import Hyperparameters, _is_int, _is_number
 from app.engine.strategies._base import FitContext, Strategy
 from app.engine.trainer import LoaderBatches, StepOutput, TrainingTask
@@ -124,6 +124,10 @@ class FinetuneOptions(Strategy):
         """Penalties over the parameters this phase trains (snapshot taken now, before step 1)."""
         return []
 
+    def orthogonal_strength(self) -> float:
+        """The weight of the orthogonal regularisation of the backbone's weights (0: none)."""
+        return 0.0
+
 
 class Freezing:
     """Which parameters train in each epoch of a phase, and which modules run in eval mode."""
@@ -205,6 +209,11 @@ class FinetuneTask(TrainingTask):
             ),
             self.optimizer,
         )
+        self.orthogonal = OrthogonalPenalty(
+            [p for p in trained if id(p) not in head_ids],
+            opts.orthogonal_strength(),
+            self.optimizer,
+        )
         self.batches = LoaderBatches(
             create_train_loader(
                 self.train_dataset(ctx),
@@ -239,6 +248,7 @@ class FinetuneTask(TrainingTask):
     def start_epoch(self, index: int) -> None:
         if self.freezing.apply(index):
             self.penalty.refresh()
+            self.orthogonal.refresh()
         self.kept.train()
         for module in self.freezing.eval_modules:  # frozen stages, BatchNorm statistics
             module.eval()
@@ -253,6 +263,8 @@ class FinetuneTask(TrainingTask):
     def after_step(self) -> None:
         if self.penalty:
             self.penalty.step()
+        if self.orthogonal:
+            self.orthogonal.step()
 
     def evaluate(self) -> EvalStats:
         return evaluate(self.kept, self.val_loader, runtime=self.runtime, callbacks=self.callbacks)
@@ -263,4 +275,6 @@ class FinetuneTask(TrainingTask):
         return evaluate(self.kept, self.eval_loader, runtime=self.runtime, callbacks=self.callbacks)
 
     def after_load(self) -> None:
-        self.penalty.refresh()  # load_state_dict made new param-group dicts: re-read their lr
+        # load_state_dict made new param-group dicts: re-read their lr
+        self.penalty.refresh()
+        self.orthogonal.refresh()
