@@ -3,10 +3,13 @@ features of the model they start from and of the model they return (``ctx.choice
 
 NOTE the cost is two pre-logit feature passes (before and after training), each over at most
 ``PAD_MAX_IMAGES`` images per domain with the eval transform, plus four small logistic fits on
-CPU: measured on 2 CPU cores with test_resnet at 32 px, ~1.5 s per pass of 2,000 + 900 images
-(~2,000 images/s) and ~0.5 s for the fits (1,000 + 450 rows of 512 features); on a
-dann job of 5 epochs over 5,000 images that is ~5% of its time. Subsets are evenly spaced over
-the samples, not drawn: no RNG is touched, so training is the same with or without the report.
+CPU (``proxy_a_distance``). Measured on the shared 2-core machine under load (load average
+~6), one torch thread, test_resnet at 32 px: forward passes at ~340 images/s, so ~9 s for a
+pass over 2,000 + 900 images, and ~3 s for the fits on 2,000 + 900 rows of its 96 features. A
+training step costs about 3x a forward pass, so each measure should cost about a third of a
+training epoch over the same number of images (an estimate, not measured). Subsets are evenly
+spaced over the samples, not drawn: no RNG is touched, so training is the same with or without
+the report.
 """
 
 from __future__ import annotations
