@@ -122,8 +122,7 @@ class DannTask(FinetuneTask):
         # labels unused there: 0 stands in).
         pool = [(path, 0) for path in target_pool(ctx)]
         others = {"target": loader(pool, hp.batch_size, hp.seed + 1)}
-        self.labeled = bool(ctx.target_labeled)
-        if self.labeled:
+        if ctx.target_labeled:
             # Drawn with replacement like the pool; a batch holds at most as many images as
             # there are (10 labelled images: 10 a step, duplicates and all).
             size = min(hp.batch_size, len(ctx.target_labeled))
