@@ -1,6 +1,8 @@
-"""Pieces of adversarial domain adaptation (Ganin et al., "Domain-Adversarial Training of Neural
-Networks", JMLR 2016; the article's sections 3.3 and 4.3): the gradient reversal layer, the
-domain discriminator, and the schedule of the reversal's strength."""
+"""Pieces of domain adaptation: the gradient reversal layer, the domain discriminator and the
+schedule of the reversal's strength (Ganin et al., "Domain-Adversarial Training of Neural
+Networks", JMLR 2016; the article's sections 3.3 and 4.3), the density ratio of instance
+weighting (2.2.1), and the proxy A-distance that measures how far apart two domains' features
+are."""
 
 from __future__ import annotations
 
@@ -56,27 +58,14 @@ class DomainDiscriminator(nn.Module):
         return self.layers(features).squeeze(1)
 
 
-def estimate_density_ratio(
-    source: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    clip: float,
-    steps: int = 500,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Weights ``p_t(x) / p_s(x)`` of the ``source`` rows, from a logistic domain classifier
-    trained on the features of both (the article's 2.2.1; Bickel et al., ICML 2007). Trained with
-    each domain weighing the same in its loss, the classifier's odds ``P(t|x) / P(s|x)`` are the
-    density ratio itself (unbalanced, they would carry a factor ``n_t / n_s``). The weights are
-    clipped at ``clip`` times their mean (a few target-like source images would otherwise carry
-    the loss) and normalised to mean 1.
-
-    Features are standardised with the source's statistics first; the classifier is one linear
-    layer trained full-batch with Adam on a class-balanced loss, on CPU (a few thousand rows of a
-    few hundred features: well under a second).
-    """
+def _domain_classifier(
+    source: torch.Tensor, target: torch.Tensor, *, steps: int, seed: int
+) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A logistic classifier, target 1 vs source 0, on features standardised with the source's
+    statistics: one linear layer trained full-batch with Adam on a loss where each domain weighs
+    the same. Returns (layer, mean, std); classify ``(x - mean) / std``. On CPU: a few thousand
+    rows of a few hundred features train in well under a second."""
     generator = torch.Generator().manual_seed(seed)
-    source, target = source.float().cpu(), target.float().cpu()
     mean, std = source.mean(0), source.std(0).clamp(min=1e-6)
     x = (torch.cat([source, target]) - mean) / std
     y = torch.cat([torch.zeros(len(source)), torch.ones(len(target))])
@@ -93,6 +82,28 @@ def estimate_density_ratio(
         loss = F.binary_cross_entropy_with_logits(logits, y, weight=balance)
         loss.backward()
         optimizer.step()
+    return layer, mean, std
+
+
+def estimate_density_ratio(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    clip: float,
+    steps: int = 500,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Weights ``p_t(x) / p_s(x)`` of the ``source`` rows, from a logistic domain classifier
+    trained on the features of both (the article's 2.2.1; Bickel et al., ICML 2007). Trained with
+    each domain weighing the same in its loss, the classifier's odds ``P(t|x) / P(s|x)`` are the
+    density ratio itself (unbalanced, they would carry a factor ``n_t / n_s``). The weights are
+    clipped at ``clip`` times their mean (a few target-like source images would otherwise carry
+    the loss) and normalised to mean 1.
+
+    The classifier is ``_domain_classifier``'s (standardised features, balanced loss, on CPU).
+    """
+    source, target = source.float().cpu(), target.float().cpu()
+    layer, mean, std = _domain_classifier(source, target, steps=steps, seed=seed)
     with torch.no_grad():
         # The classifier was trained balanced (as if n_s = n_t), so its odds are the ratio itself.
         ratio = layer((source - mean) / std).squeeze(1).clamp(-30, 30).exp()
@@ -104,6 +115,38 @@ def estimate_density_ratio(
             break
         ratio = ratio.clamp(max=clip)
     return ratio
+
+
+def proxy_a_distance(
+    source: torch.Tensor, target: torch.Tensor, *, steps: int = 500, seed: int = 0
+) -> float:
+    """Ben-David et al.'s proxy A-distance ``2 (1 - 2 err)`` between two feature samples (rows):
+    0 when a domain classifier cannot tell them apart, 2 when it always can.
+
+    ``err`` is the balanced error (the mean of the two domains' error rates, so unequal sample
+    sizes do not matter) of ``_domain_classifier`` on held-out data: each sample is split in
+    halves (a seeded permutation of its own, no global RNG), a classifier trained on one half of
+    each domain is scored on the other, and the two ways are averaged. A linear classifier on
+    frozen features, as in Ganin et al.'s report of it (they used a linear SVM). Clamped to
+    [0, 2]: an error above 0.5 on held-out data is chance, not a negative distance.
+    """
+    source, target = source.float().cpu(), target.float().cpu()
+    if len(source) < 4 or len(target) < 4:
+        raise ValueError("proxy_a_distance needs at least 4 rows of each domain")
+    generator = torch.Generator().manual_seed(seed)
+    s_order = torch.randperm(len(source), generator=generator)
+    t_order = torch.randperm(len(target), generator=generator)
+    s_halves = (source[s_order[: len(source) // 2]], source[s_order[len(source) // 2 :]])
+    t_halves = (target[t_order[: len(target) // 2]], target[t_order[len(target) // 2 :]])
+    errors = []
+    for fit, held in ((0, 1), (1, 0)):
+        layer, mean, std = _domain_classifier(s_halves[fit], t_halves[fit], steps=steps, seed=seed)
+        with torch.no_grad():
+            s_wrong = (layer((s_halves[held] - mean) / std).squeeze(1) > 0).float().mean()
+            t_wrong = (layer((t_halves[held] - mean) / std).squeeze(1) <= 0).float().mean()
+        errors.append(float(s_wrong + t_wrong) / 2)
+    err = sum(errors) / len(errors)
+    return min(2.0, max(0.0, 2.0 * (1.0 - 2.0 * err)))
 
 
 def weight_summary(weights: torch.Tensor) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Parameter penalties for fine-tuning: towards the source weights (L2-SP, L1-SP) or towards zero.
+"""Parameter penalties for fine-tuning: towards the source weights (L2-SP, L1-SP) or towards zero,
+and orthogonal regularisation (``OrthogonalPenalty``, at the end).
 
 Every penalty is applied as its proximal step right after the optimizer step (forward-backward
 splitting), never through the loss:
@@ -116,3 +117,75 @@ class ProximalPenalty:
                 torch._foreach_sub_(diffs, shrink)  # soft threshold: exactly 0 when |d| <= c
                 torch._foreach_add_(diffs, a.centers)  # w0 + 0 is bitwise w0
                 torch._foreach_copy_(a.params, diffs)
+
+
+# --- orthogonal regularisation -----------------------------------------------------------------
+
+
+def _gram_side(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The weight as a matrix ``out x rest`` and whether its rows are the smaller side."""
+    matrix = weight.reshape(weight.shape[0], -1)
+    return matrix, matrix.shape[0] <= matrix.shape[1]
+
+
+def orthogonality(weight: torch.Tensor) -> torch.Tensor:
+    """``||W W^T - I||_F^2`` of the weight reshaped to ``out x rest``, on the smaller Gram side
+    (``W^T W`` when out > rest): 0 exactly when the rows (or columns) are orthonormal."""
+    matrix, rows = _gram_side(weight)
+    gram = matrix @ matrix.T if rows else matrix.T @ matrix
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    return (gram - eye).pow(2).sum()
+
+
+def orthogonality_gradient(weight: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``orthogonality`` in closed form: ``4 (W W^T - I) W`` (rows the smaller
+    side) or ``4 W (W^T W - I)``, shaped like the weight."""
+    matrix, rows = _gram_side(weight)
+    if rows:
+        gram = matrix @ matrix.T
+        grad = 4 * (gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)) @ matrix
+    else:
+        gram = matrix.T @ matrix
+        grad = 4 * matrix @ (gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device))
+    return grad.reshape(weight.shape)
+
+
+class OrthogonalPenalty:
+    """``strength * sum_W ||W W^T - I||_F^2`` over weight matrices (convolutions reshaped to
+    ``out x in*k*k``), the article's "orthogonal regularisation" (section 3.1; Brock et al. 2017,
+    Bansal et al. 2018), applied like the proximal penalties after each optimizer step but as an
+    explicit, decoupled gradient step: ``W -= lr * strength * grad``, with each group's current
+    lr. There is no cheap proximal map of this penalty; the explicit step is stable while
+    ``lr * strength * 8 * s_max^2 < 2`` (s_max the largest singular value of a weight, about 1
+    near orthogonality), which holds with the option's bound of 1 for learning rates up to ~0.25.
+
+    NOTE cost: per weight and step, a Gram matrix and one more matmul, 4 x (smaller side)^2 x
+    (larger side) flops, whatever the input size. Measured on a loaded 2-core machine, one
+    thread, batch 32 at 32 px: test_resnet 2.8 ms against a 62 ms training step (~5%); resnet18
+    334 ms against 484 ms (its 512 x 4,608 layer4 convolutions dominate; the step grows with the
+    pixels and this does not, so at 224 px the share should be ~50x smaller: estimated, not
+    measured).
+    """
+
+    def __init__(
+        self, params: Sequence[nn.Parameter], strength: float, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self.params = [p for p in params if p.ndim > 1] if strength > 0 else []
+        self.strength, self.optimizer = strength, optimizer
+        self._active: list[tuple[dict, nn.Parameter]] = []
+        self.refresh()
+
+    def __bool__(self) -> bool:
+        return bool(self.params)
+
+    def refresh(self) -> None:
+        """Recompute which parameters are trained, and their groups (after (un)freezing)."""
+        group_of = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        self._active = [
+            (group_of[id(p)], p) for p in self.params if id(p) in group_of and p.requires_grad
+        ]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group, param in self._active:
+            param.sub_(orthogonality_gradient(param), alpha=group["lr"] * self.strength)

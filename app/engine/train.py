@@ -47,6 +47,18 @@ def check_job(strategy: str, options: Mapping[str, Any], hparams: Hyperparameter
     create_strategy(strategy, **dict(options)).check(hparams)
 
 
+def check_labels(data: DatasetSplits) -> None:
+    """The labelled target images and the eval set must use the job's class indices."""
+    n = len(data.class_names)
+    for name, samples in (("target_labeled", data.target_labeled), ("evaluation", data.evaluation)):
+        bad = [label for _, label in samples if not 0 <= label < n]
+        if bad:
+            raise EngineError(
+                f"The {name} images have labels outside the job's {n} classes (e.g. {bad[0]}); "
+                "map their class names onto the training dataset's first."
+            )
+
+
 def run_training(
     *,
     source: ModelSource,
@@ -82,6 +94,12 @@ def run_training(
     runtime = Runtime.on(resolve_device(device), amp=hparams.amp, channels_last=True)
     train, val = split_train_val(data, hparams.val_fraction, hparams.seed)
     num_classes = len(data.class_names)
+    check_labels(data)
+    if data.target_labeled and not plan.uses_target_labeled:
+        raise EngineError(
+            f"{strategy} does not use labelled target images; give them to a dann job "
+            "(semi-supervised adaptation) or add them to the training dataset."
+        )
 
     # Seed before the model is built: head initialisation draws from torch's RNG.
     seed_everything(hparams.seed)
@@ -111,6 +129,8 @@ def run_training(
         resume=checkpointer.latest() if checkpointer is not None else None,
         checkpoint_interval_s=checkpoint_interval_s,
         target=tuple(data.target),
+        target_labeled=tuple(data.target_labeled),
+        evaluation=tuple(data.evaluation),
         choices={"augmentation": augmentation},
     )
     start = time.perf_counter()
@@ -122,6 +142,12 @@ def run_training(
     train_seconds = time.perf_counter() - start
 
     evaluation = compute_evaluation(outcome.val_predictions, outcome.val_targets, data.class_names)
+    scored = outcome.evaluation
+    eval_dataset = (
+        compute_evaluation(scored.predictions, scored.targets, data.class_names)
+        if scored is not None
+        else None
+    )
     trained = outcome.model if outcome.model is not None else model
     runtime.release_model(trained)  # a probe's new head, beside the released backbone
     # Strategies freeze parameters; the returned model is a plain one.
@@ -144,4 +170,5 @@ def run_training(
         evaluation=evaluation,
         train_seconds=train_seconds,
         choices=dict(ctx.choices),
+        eval_dataset=eval_dataset,
     )

@@ -132,6 +132,12 @@ class TrainingTask(abc.ABC):
     def evaluate(self) -> EvalStats:
         """Validation of the modules as they are now, leaving them in eval mode."""
 
+    def score_eval(self) -> EvalStats | None:
+        """The job's eval set (FitContext.evaluation) scored by the modules as they are now,
+        leaving them in eval mode; None when there is none. It must draw from no RNG that
+        training uses, so that a resumed run still equals an uninterrupted one."""
+        return None
+
     def after_load(self) -> None:
         """After a saved state replaced the modules' and the optimizer's."""
         return None
@@ -142,6 +148,7 @@ class PhaseResult:
     val: EvalStats  # validation of what the phase leaves (the kept epoch's, with early stopping)
     epochs_run: int
     kept_epoch: int  # the epoch whose weights it leaves
+    eval: EvalStats | None = None  # the eval set scored by what the phase leaves (None: no set)
 
 
 @dataclass
@@ -191,6 +198,7 @@ class Trainer:
         self.history = history
         first_index, partial = self._resume()
         val = None
+        scored: EvalStats | None = None  # the eval set, scored after the last epoch run here
         for index in range(first_index, self.epochs + 1):
             epoch = self.first_epoch + index - 1
             start = time.perf_counter()
@@ -200,6 +208,7 @@ class Trainer:
             seconds = time.perf_counter() - start + (partial.seconds if partial else 0.0)
             partial = None
             val = self.task.evaluate()
+            scored = self.task.score_eval()
             metrics = EpochMetrics(
                 epoch=epoch,
                 phase=self.task.phase,
@@ -210,6 +219,8 @@ class Trainer:
                 images_per_second=stats.images / stats.seconds if stats.seconds > 0 else 0.0,
                 seconds=seconds,
                 extra=extra,
+                eval_loss=scored.loss if scored is not None else None,
+                eval_accuracy=scored.accuracy if scored is not None else None,
             )
             history.append(metrics)
             self.callbacks.on_epoch_end(metrics)
@@ -222,10 +233,16 @@ class Trainer:
             val = self.task.evaluate()
         kept = self.stopper.restore(val)
         last = history[-1].epoch
+        kept_epoch = self.stopper.best_epoch or last
+        if scored is None or kept_epoch != last:
+            # Another epoch's weights were restored, or none ran in this process: score what
+            # the phase leaves (one pass over the eval set; None without one).
+            scored = self.task.score_eval()
         return PhaseResult(
             val=kept,
             epochs_run=last - self.first_epoch + 1,
-            kept_epoch=self.stopper.best_epoch or last,
+            kept_epoch=kept_epoch,
+            eval=scored,
         )
 
     # --- one epoch ---------------------------------------------------------------------------

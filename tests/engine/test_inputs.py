@@ -46,9 +46,10 @@ def test_strategy_registry_lists_builtins_and_their_options():
         "dann", "finetune", "instance_weighting", "l1sp", "l2sp", "linear_probe", "lp_ft"
     ]  # fmt: skip
     assert list_strategies(needs_target=True) == ["dann", "instance_weighting"]
-    assert strategy_option_names("finetune") == [*FINETUNE_OPTIONS, "penalty", "penalty_lambda"]
-    assert strategy_option_names("l2sp") == [*FINETUNE_OPTIONS, "alpha", "beta"]
-    assert strategy_option_names("l1sp") == [*FINETUNE_OPTIONS, "alpha", "beta"]
+    penalised = [*FINETUNE_OPTIONS, "orthogonal"]  # finetune, l2sp and l1sp
+    assert strategy_option_names("finetune") == [*penalised, "penalty", "penalty_lambda"]
+    assert strategy_option_names("l2sp") == [*penalised, "alpha", "beta"]
+    assert strategy_option_names("l1sp") == [*penalised, "alpha", "beta"]
     assert strategy_option_names("lp_ft") == [*FINETUNE_OPTIONS, "probe_epochs", "finetune_lr_mult"]
     assert strategy_option_names("linear_probe") == [
         "head",

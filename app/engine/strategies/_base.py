@@ -12,7 +12,7 @@ from torch import nn
 
 from app.engine.callbacks import CallbackList
 from app.engine.data import Sample
-from app.engine.loop import Runtime
+from app.engine.loop import EvalStats, Runtime
 from app.engine.specs import EpochMetrics, Hyperparameters
 from app.engine.state import Checkpointer, TrainState
 
@@ -36,6 +36,12 @@ class FitContext:
     checkpoint_interval_s: float | None = None
     # Target-domain images without labels (DatasetSplits.target), for domain adaptation.
     target: tuple[str, ...] = ()
+    # Labelled target-domain images (DatasetSplits.target_labeled): dann's semi-supervised loss.
+    target_labeled: tuple[Sample, ...] = ()
+    # A labelled set scored after every epoch and with the final model (DatasetSplits.evaluation;
+    # empty: none). Scoring it never changes what is trained: eval mode, no gradient, and a
+    # loader with a generator of its own (a plain DataLoader draws its seed from torch's RNG).
+    evaluation: tuple[Sample, ...] = ()
     # What the run chose where the job left it open (augmentation, the epoch it kept): reported
     # in TrainResult.choices. Mutable on purpose; phases write into it.
     choices: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +57,8 @@ class FitOutcome:
     # stage features wraps it), and the entries its card's architecture needs to rebuild it.
     model: nn.Module | None = None
     architecture: dict[str, Any] = field(default_factory=dict)
+    # The final model's predictions on ctx.evaluation (None when the job has no eval set).
+    evaluation: EvalStats | None = None
 
 
 class Strategy(abc.ABC):
@@ -59,6 +67,8 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     # Whether the strategy trains with target-domain images (DatasetSplits.target).
     needs_target: ClassVar[bool] = False
+    # Whether it trains on labelled target images (DatasetSplits.target_labeled): dann only.
+    uses_target_labeled: ClassVar[bool] = False
 
     def check(self, hparams: Hyperparameters) -> None:
         """Checks of the options against the job's hyperparameters that need no model or data:

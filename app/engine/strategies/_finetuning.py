@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from app.engine.data import (
     ImageDataset,
@@ -20,7 +22,7 @@ from app.engine.errors import EngineError
 from app.engine.loop import EvalStats, create_criterion, evaluate
 from app.engine.models import batchnorm_layers, freeze_stages, match_parameters
 from app.engine.optim import create_optimizer, create_param_groups
-from app.engine.regularization import PenaltyTerm, ProximalPenalty
+from app.engine.regularization import OrthogonalPenalty, PenaltyTerm, ProximalPenalty
 from app.engine.specs import Hyperparameters, _is_int, _is_number
 from app.engine.strategies._base import FitContext, Strategy
 from app.engine.trainer import LoaderBatches, StepOutput, TrainingTask
@@ -122,6 +124,10 @@ class FinetuneOptions(Strategy):
         """Penalties over the parameters this phase trains (snapshot taken now, before step 1)."""
         return []
 
+    def orthogonal_strength(self) -> float:
+        """The weight of the orthogonal regularisation of the backbone's weights (0: none)."""
+        return 0.0
+
 
 class Freezing:
     """Which parameters train in each epoch of a phase, and which modules run in eval mode."""
@@ -157,6 +163,22 @@ class Freezing:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
+def eval_loader(ctx: FitContext) -> DataLoader | None:
+    """The job's eval set (None without one), read like validation. Its generator is its own:
+    a DataLoader without one draws its base seed from torch's global RNG on every pass, which
+    training draws from too (dropout, augmentation)."""
+    if not ctx.evaluation:
+        return None
+    return create_loader(
+        ImageDataset(ctx.evaluation, create_eval_transform(ctx.preprocessing)),
+        ctx.hparams.batch_size,
+        device=ctx.runtime.device,
+        num_workers=ctx.num_workers,
+        persistent_workers=True,  # scored every epoch
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 class FinetuneTask(TrainingTask):
     """Fine-tuning on images: the model's loss on a batch, with the freezing schedule, the
     optimizer's parameter groups and the penalty's proximal step of ``opts``."""
@@ -187,6 +209,11 @@ class FinetuneTask(TrainingTask):
             ),
             self.optimizer,
         )
+        self.orthogonal = OrthogonalPenalty(
+            [p for p in trained if id(p) not in head_ids],
+            opts.orthogonal_strength(),
+            self.optimizer,
+        )
         self.batches = LoaderBatches(
             create_train_loader(
                 self.train_dataset(ctx),
@@ -204,6 +231,7 @@ class FinetuneTask(TrainingTask):
             num_workers=ctx.num_workers,
             persistent_workers=True,  # evaluated every epoch
         )
+        self.eval_loader = eval_loader(ctx)
         self.criterion = create_criterion(
             hp, [label for _, label in ctx.train], len(ctx.class_names), runtime.device
         )
@@ -220,6 +248,7 @@ class FinetuneTask(TrainingTask):
     def start_epoch(self, index: int) -> None:
         if self.freezing.apply(index):
             self.penalty.refresh()
+            self.orthogonal.refresh()
         self.kept.train()
         for module in self.freezing.eval_modules:  # frozen stages, BatchNorm statistics
             module.eval()
@@ -234,9 +263,18 @@ class FinetuneTask(TrainingTask):
     def after_step(self) -> None:
         if self.penalty:
             self.penalty.step()
+        if self.orthogonal:
+            self.orthogonal.step()
 
     def evaluate(self) -> EvalStats:
         return evaluate(self.kept, self.val_loader, runtime=self.runtime, callbacks=self.callbacks)
 
+    def score_eval(self) -> EvalStats | None:
+        if self.eval_loader is None:
+            return None
+        return evaluate(self.kept, self.eval_loader, runtime=self.runtime, callbacks=self.callbacks)
+
     def after_load(self) -> None:
-        self.penalty.refresh()  # load_state_dict made new param-group dicts: re-read their lr
+        # load_state_dict made new param-group dicts: re-read their lr
+        self.penalty.refresh()
+        self.orthogonal.refresh()

@@ -41,6 +41,9 @@ class Features:
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
+    # The job's eval set (FitContext.evaluation), empty without one.
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
 
 
 class FeatureProgress:
@@ -79,22 +82,25 @@ def head_steps_per_epoch(ctx: FitContext) -> int:
 
 
 def extract_all(ctx: FitContext, features: Callable[[torch.Tensor], torch.Tensor]) -> Features:
-    """One pass over train + val with the eval transform, reported as epoch 0 of on_step.
+    """One pass over train + val (+ the eval set) with the eval transform, reported as epoch 0 of
+    on_step.
 
     NOTE one loader over both splits, not one each: a loader with workers forks and warms up its
     worker processes, so this pays that once per job; the split is a slice of the cached tensors.
     """
     hp, runtime = ctx.hparams, ctx.runtime
     loader = create_loader(
-        ImageDataset((*ctx.train, *ctx.val), create_eval_transform(ctx.preprocessing)),
+        ImageDataset(
+            (*ctx.train, *ctx.val, *ctx.evaluation), create_eval_transform(ctx.preprocessing)
+        ),
         hp.batch_size,
         device=runtime.device,
         num_workers=ctx.num_workers,
     )
     progress = FeatureProgress(ctx.callbacks, len(loader))
     x, y = extract_features(features, loader, runtime, progress)
-    n = len(ctx.train)
-    return Features(x[:n], y[:n], x[n:], y[n:])
+    n, v = len(ctx.train), len(ctx.train) + len(ctx.val)
+    return Features(x[:n], y[:n], x[n:v], y[n:v], x[v:], y[v:])
 
 
 def extract_features(
@@ -181,6 +187,13 @@ class ProbeTask(TrainingTask):
         self.kept.eval()
         with torch.inference_mode():
             return evaluate_logits(self.kept(self.feats.val_x), self.feats.val_y)
+
+    def score_eval(self) -> EvalStats | None:
+        if not len(self.feats.eval_y):
+            return None
+        self.kept.eval()
+        with torch.inference_mode():
+            return evaluate_logits(self.kept(self.feats.eval_x), self.feats.eval_y)
 
 
 def fit_probe(

@@ -8,11 +8,19 @@ the features to make them indistinguishable, while staying good for the labelled
 reversal's strength follows Ganin's schedule, ``trade_off * (2 / (1 + exp(-10 p)) - 1)`` over
 training progress p (``lambda_schedule="constant"``: ``trade_off`` throughout).
 
-An epoch is one pass over the source; each step also draws a target batch, uniformly with
-replacement, from its own seeded generator, so a resumed run draws the same target batches.
-Each epoch reports ``domain_accuracy`` (the discriminator's, on source and target; near 0.5 when
-the features no longer tell the domains apart), ``domain_loss`` and ``classification_loss`` in
-``EpochMetrics.extra``; ``train_loss`` is their sum.
+Semi-supervised (labelled target images, DatasetSplits.target_labeled): the article's formula
+4.3.1, the classification loss of the labelled target images joins the source's (weighted by
+``labeled_target_weight``) and the reversed domain loss is subtracted as before; the labelled
+images also join the target pool of the domain loss.
+
+An epoch is one pass over the source; each step also draws a target batch (and a batch of the
+labelled target images), uniformly with replacement, each from its own seeded generator, so a
+resumed run draws the same batches. Each epoch reports ``domain_accuracy`` (the
+discriminator's, on source and target; near 0.5 when the features no longer tell the domains
+apart), ``domain_loss``, ``classification_loss`` and, semi-supervised,
+``target_classification_loss`` in ``EpochMetrics.extra``; ``train_loss`` is their (weighted) sum.
+The proxy A-distance between the source and target features of the starting and of the returned
+model is in ``TrainResult.choices["proxy_a_distance"]`` (see strategies/_adaptation.py).
 """
 
 from __future__ import annotations
@@ -26,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
-from app.engine.data import ImageDataset, create_loader, create_train_transform
+from app.engine.data import ImageDataset, Sample, create_loader, create_train_transform
 from app.engine.domain import DomainDiscriminator, ganin_strength, reverse_gradient
 from app.engine.errors import EngineError
 from app.engine.specs import EpochMetrics, _is_int, _is_number
+from app.engine.strategies._adaptation import measure_pad, pad_samples
 from app.engine.strategies._base import FitContext, FitOutcome
 from app.engine.strategies._finetuning import FinetuneOptions, FinetuneTask
 from app.engine.strategies._registry import register_strategy
@@ -59,20 +68,27 @@ class RandomBatches(Sampler[list[int]]):
 
 
 class PairedBatches:
-    """Each source batch with a target batch."""
+    """Each source batch with a batch of each further loader (the target pool's; the labelled
+    target images' in a semi-supervised job), each drawn by a ``RandomBatches`` of its own."""
 
-    def __init__(self, source: LoaderBatches, target_loader: Any, order: RandomBatches) -> None:
-        self.source, self.target_loader, self.order = source, target_loader, order
+    def __init__(
+        self, source: LoaderBatches, others: Mapping[str, tuple[Any, RandomBatches]]
+    ) -> None:
+        self.source, self.others = source, dict(others)
 
     def generators(self) -> dict[str, torch.Generator]:
-        return self.source.generators() | {"target": self.order.generator}
+        return self.source.generators() | {
+            name: order.generator for name, (_, order) in self.others.items()
+        }
 
     def __len__(self) -> int:
         return len(self.source)
 
     def epoch(self, skip: int = 0) -> Iterator[Any]:
-        self.order.skip = skip
-        return zip(self.source.epoch(skip), self.target_loader, strict=True)
+        for _, order in self.others.values():
+            order.skip = skip
+        loaders = [loader for loader, _ in self.others.values()]
+        return zip(self.source.epoch(skip), *loaders, strict=True)
 
 
 class DannTask(FinetuneTask):
@@ -85,27 +101,33 @@ class DannTask(FinetuneTask):
         hp = ctx.hparams
         source = self.batches
         assert isinstance(source, LoaderBatches)
-        order = RandomBatches(
-            len(ctx.target),
-            hp.batch_size,
-            len(source),
-            torch.Generator().manual_seed(hp.seed + 1),
-        )
-        target_loader = create_loader(
-            # Labels are unused: 0 stands in for them.
-            ImageDataset(
-                [(path, 0) for path in ctx.target],
-                create_train_transform(ctx.preprocessing, hp.augmentation),
-            ),
-            hp.batch_size,
-            device=ctx.runtime.device,
-            num_workers=ctx.num_workers,
-            persistent_workers=True,
-            batch_sampler=order,
-            # Worker seeds from a generator of their own: see create_train_loader.
-            generator=torch.Generator().manual_seed(hp.seed + 2),
-        )
-        self.batches = PairedBatches(source, target_loader, order)
+        transform = create_train_transform(ctx.preprocessing, hp.augmentation)
+
+        def loader(samples: list[Sample], batch_size: int, seed: int) -> tuple[Any, RandomBatches]:
+            order = RandomBatches(
+                len(samples), batch_size, len(source), torch.Generator().manual_seed(seed)
+            )
+            return create_loader(
+                ImageDataset(samples, transform),
+                batch_size,
+                device=ctx.runtime.device,
+                num_workers=ctx.num_workers,
+                persistent_workers=True,
+                batch_sampler=order,
+                # Worker seeds from a generator of their own: see create_train_loader.
+                generator=torch.Generator().manual_seed(seed + 1),
+            ), order
+
+        # The domain loss's target pool: the unlabeled images and the labelled ones (their
+        # labels unused there: 0 stands in).
+        pool = [(path, 0) for path in target_pool(ctx)]
+        others = {"target": loader(pool, hp.batch_size, hp.seed + 1)}
+        if ctx.target_labeled:
+            # Drawn with replacement like the pool; a batch holds at most as many images as
+            # there are (10 labelled images: 10 a step, duplicates and all).
+            size = min(hp.batch_size, len(ctx.target_labeled))
+            others["target_labeled"] = loader(list(ctx.target_labeled), size, hp.seed + 3)
+        self.batches = PairedBatches(source, others)
         self.classifier = model.get_classifier()
 
     def extra_param_groups(self) -> list[dict[str, Any]]:
@@ -130,35 +152,46 @@ class DannTask(FinetuneTask):
         return ganin_strength(self.progress, float(self.opts.trade_off))
 
     def step(self, batch: Any) -> StepOutput:
-        (source, labels), (target, _) = batch
+        (source, labels), (target, _), *labeled = batch
         runtime, model = self.runtime, self.kept
         timm_model: Any = model  # forward_features, forward_head: timm API
-        n = labels.shape[0]
-        images = runtime.to(torch.cat([source, target]))
+        n, m = labels.shape[0], target.shape[0]
+        parts = [source, target] + ([labeled[0][0]] if labeled else [])
+        images = runtime.to(torch.cat(parts))
         labels = runtime.to(labels)
         with runtime.autocast():
             features = timm_model.forward_head(timm_model.forward_features(images), pre_logits=True)
             cls_loss = self.criterion(self.classifier(features[:n]), labels)
-            domain_logits = self.discriminator(reverse_gradient(features, self.strength()))
+            if labeled:
+                target_labels = runtime.to(labeled[0][1])
+                target_loss = self.criterion(self.classifier(features[n + m :]), target_labels)
+            domain_logits = self.discriminator(reverse_gradient(features[: n + m], self.strength()))
         domains = torch.zeros_like(domain_logits, dtype=torch.float32)
         domains[:n] = 1.0  # source 1, target 0
         domain_loss = F.binary_cross_entropy_with_logits(domain_logits.float(), domains)
         correct = ((domain_logits.detach() > 0) == (domains > 0.5)).float().mean()
-        return StepOutput(
-            cls_loss + domain_loss,
-            n,
-            extra={
-                "classification_loss": cls_loss.detach(),
-                "domain_loss": domain_loss.detach(),
-                "domain_accuracy": correct,
-            },
-        )
+        extra = {
+            "classification_loss": cls_loss.detach(),
+            "domain_loss": domain_loss.detach(),
+            "domain_accuracy": correct,
+        }
+        loss = cls_loss + domain_loss
+        if labeled:
+            extra["target_classification_loss"] = target_loss.detach()
+            loss = loss + float(self.opts.labeled_target_weight) * target_loss
+        return StepOutput(loss, n, extra=extra)
+
+
+def target_pool(ctx: FitContext) -> list[str]:
+    """The target images of the domain loss: the unlabeled ones, then the labelled ones."""
+    return [*ctx.target, *(path for path, _ in ctx.target_labeled)]
 
 
 @register_strategy("dann")
 @dataclass(frozen=True)
 class Dann(FinetuneOptions):
     needs_target: ClassVar[bool] = True
+    uses_target_labeled: ClassVar[bool] = True
 
     # The largest strength of the gradient reversal (Ganin's lambda); 1.0 in the paper.
     trade_off: float = 1.0
@@ -166,6 +199,9 @@ class Dann(FinetuneOptions):
     discriminator_hidden: int = 1024
     # "ganin": the strength rises from 0 to trade_off over training; "constant": trade_off.
     lambda_schedule: str = "ganin"
+    # Semi-supervised jobs (labelled target images): the weight of their classification loss
+    # beside the source's.
+    labeled_target_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,6 +213,11 @@ class Dann(FinetuneOptions):
                 f"discriminator_hidden must be an integer from 1 to {MAX_DISCRIMINATOR_HIDDEN} "
                 f"(got {hidden!r})."
             )
+        weight = self.labeled_target_weight
+        if not _is_number(weight) or not 0 <= weight <= 100:
+            raise EngineError(
+                f"labeled_target_weight must be a number from 0 to 100 (got {weight!r})."
+            )
         if self.lambda_schedule not in SCHEDULES:
             raise EngineError(
                 f"lambda_schedule must be one of {', '.join(SCHEDULES)} "
@@ -184,13 +225,20 @@ class Dann(FinetuneOptions):
             )
 
     def fit(self, ctx: FitContext) -> FitOutcome:
-        if not ctx.target:
+        if not ctx.target and not ctx.target_labeled:
             raise EngineError(
                 "dann needs target-domain images: give the job a target dataset "
-                "(target_dataset_id)."
+                "(target_dataset_id), labelled target images (labeled_target_dataset_id), or both."
             )
         hp, history = ctx.hparams, list[EpochMetrics]()
         task = DannTask(ctx, self)
         ctx.callbacks.on_train_start(hp.epochs, len(task.batches))
-        val = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history).val
-        return FitOutcome(history, val.predictions, val.targets)
+        source, target = pad_samples(ctx.train, target_pool(ctx))
+        before = measure_pad(ctx, source, target)
+        result = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history)
+        ctx.choices["proxy_a_distance"] = {
+            "before": before,
+            "after": measure_pad(ctx, source, target),
+        }
+        val = result.val
+        return FitOutcome(history, val.predictions, val.targets, evaluation=result.eval)

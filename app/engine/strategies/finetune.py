@@ -29,13 +29,34 @@ PENALTIES = ("none", "l1", "l2")
 DEFAULT_PENALTY_LAMBDA = 0.01  # the strength of AdamW's default weight decay
 
 
+MAX_ORTHOGONAL = 1.0
+
+
+@dataclass(frozen=True)
 class _Finetuning(FinetuneOptions):
+    """finetune, l2sp and l1sp: one fine-tuning phase, with their penalties."""
+
+    # Orthogonal regularisation (the article's section 3.1): orthogonal * sum over the trained
+    # backbone's weight matrices W (convolutions as out x in*k*k) of ||W W^T - I||_F^2 on the
+    # smaller Gram side, applied as a decoupled gradient step after each optimizer step
+    # (app.engine.regularization.OrthogonalPenalty). The new classifier is left out: its scale is
+    # the logits' confidence. 0: off.
+    orthogonal: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative("orthogonal", self.orthogonal, MAX_ORTHOGONAL)
+
+    def orthogonal_strength(self) -> float:
+        return float(self.orthogonal)
+
     def fit(self, ctx: FitContext) -> FitOutcome:
         hp, history = ctx.hparams, list[EpochMetrics]()
         task = FinetuneTask(ctx, self, phase="train")
         ctx.callbacks.on_train_start(hp.epochs, len(task.batches))
-        val = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history).val
-        return FitOutcome(history, val.predictions, val.targets)
+        result = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history)
+        val = result.val
+        return FitOutcome(history, val.predictions, val.targets, evaluation=result.eval)
 
 
 @register_strategy("finetune")

@@ -7,7 +7,9 @@ source model's frozen pre-logit features (``app.engine.domain.estimate_density_r
 once before training with the evaluation transform; the weights are clipped at ``weight_clip``
 times their mean and normalised to mean 1. The job reports their distribution and effective sample
 size in ``TrainResult.choices["instance_weights"]``. A resumed job recomputes them (the feature
-pass and the estimate are deterministic).
+pass and the estimate are deterministic). The proxy A-distance between source and target
+features before and after training is in ``TrainResult.choices["proxy_a_distance"]`` (see
+strategies/_adaptation.py).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from app.engine.data import ImageDataset, Sample, create_eval_transform, create_loader
-from app.engine.domain import estimate_density_ratio, weight_summary
+from app.engine.domain import estimate_density_ratio, proxy_a_distance, weight_summary
 from app.engine.errors import EngineError
 from app.engine.specs import EpochMetrics, _is_number
+from app.engine.strategies._adaptation import measure_pad, pad_samples, spread
 from app.engine.strategies._base import FitContext, FitOutcome
 from app.engine.strategies._finetuning import FinetuneOptions, FinetuneTask
 from app.engine.strategies._probing import FeatureProgress, extract_features, pre_logits
@@ -116,6 +119,17 @@ class InstanceWeighting(FinetuneOptions):
         source, target = source_and_target_features(ctx)
         weights = estimate_density_ratio(source, target, clip=float(self.weight_clip), seed=hp.seed)
         ctx.choices["instance_weights"] = weight_summary(weights)
+        # The proxy A-distance before training, on the features just computed (the subset that
+        # is measured after).
+        s_rows, t_rows = spread(len(source)), spread(len(target))
+        before = proxy_a_distance(source[s_rows], target[t_rows], seed=hp.seed)
+        del source, target
         task = WeightedFinetuneTask(ctx, self, weights)
-        val = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history).val
-        return FitOutcome(history, val.predictions, val.targets)
+        result = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history)
+        pad_source, pad_target = pad_samples(ctx.train, ctx.target)
+        ctx.choices["proxy_a_distance"] = {
+            "before": before,
+            "after": measure_pad(ctx, pad_source, pad_target),
+        }
+        val = result.val
+        return FitOutcome(history, val.predictions, val.targets, evaluation=result.eval)

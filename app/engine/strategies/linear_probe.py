@@ -104,10 +104,18 @@ class LinearProbe(Strategy):
         head.requires_grad_(True)
 
         history: list[EpochMetrics] = []
-        val = fit_probe(
+        result = fit_probe(
             ctx, head, feats, phase="probe", first_epoch=1, epochs=hp.epochs, history=history
-        ).val
+        )
+        val = result.val
         model.eval()
         if probe is not None:
             probe.eval()
-        return FitOutcome(history, val.predictions, val.targets, model=probe, architecture=extra)
+        return FitOutcome(
+            history,
+            val.predictions,
+            val.targets,
+            model=probe,
+            architecture=extra,
+            evaluation=result.eval,
+        )

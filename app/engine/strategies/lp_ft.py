@@ -91,11 +91,12 @@ class LinearProbeThenFinetune(FinetuneOptions):
             history=history,
         )
         del feats  # the fine-tuning phase needs the memory more
-        val = fit_phase(
+        result = fit_phase(
             ctx,
             FinetuneTask(ctx, self, phase="finetune", lr_mult=self.finetune_lr_mult),
             first_epoch=probe.epochs_run + 1,
             epochs=hp.epochs - probe_epochs,
             history=history,
-        ).val
-        return FitOutcome(history, val.predictions, val.targets)
+        )
+        val = result.val
+        return FitOutcome(history, val.predictions, val.targets, evaluation=result.eval)
