@@ -13,6 +13,7 @@ UPLOAD_CREATE_EXAMPLE: dict[str, Any] = {
     "filename": "pets.tar.gz",
     "name": "pets",
     "dedupe": "near",
+    "kind": "labelled",
 }
 
 UPLOAD_EXAMPLE: dict[str, Any] = {
@@ -20,6 +21,7 @@ UPLOAD_EXAMPLE: dict[str, Any] = {
     "filename": "pets.tar.gz",
     "name": "pets",
     "dedupe": "near",
+    "kind": "labelled",
     "size": 1073741824,
     "part_size": 8388608,
     "status": "open",
@@ -50,6 +52,13 @@ class UploadCreate(BaseModel):
     dedupe: Literal["none", "exact", "near"] = Field(
         "none", description="as for POST /v1/datasets, applied when the upload completes"
     )
+    kind: str = Field(
+        "labelled",
+        max_length=32,
+        description="as for POST /v1/datasets: labelled, or unlabeled (images in any folder "
+        "layout, a domain-adaptation target); anything else is 422 invalid_dataset_kind",
+        examples=["unlabeled"],
+    )
 
 
 class PartOut(BaseModel):
@@ -69,6 +78,7 @@ class UploadOut(BaseModel):
     filename: str
     name: str | None
     dedupe: str
+    kind: str = Field("labelled", description="the kind of dataset it completes into")
     size: int
     part_size: int
     status: Literal["open", "completed"]
