@@ -320,18 +320,17 @@ def _dataset_splits(
             )
         return tuple((str(root / rel), index[cls]) for rel, cls in items)
 
-    target: list[str] = []
+    target: tuple[str, ...] = ()
     target_labeled: tuple[tuple[str, int], ...] = ()
     evaluation: tuple[tuple[str, int], ...] = ()
     if spec.target_dataset_id is not None:
         root, other = _other(session, settings, spec.target_dataset_id, "target dataset")
-        target += [str(root / rel) for rel in other.all_paths()]
+        target = tuple(str(root / rel) for rel in other.all_paths())
     if spec.labeled_target_dataset_id is not None:
         role = "labelled target dataset"
         root, other = _other(session, settings, spec.labeled_target_dataset_id, role)
+        # The engine adds these to the domain loss's target pool itself (dann.target_pool).
         target_labeled = resolve(root, other.train + other.val, role)
-        # Its images are target-domain images too: they join the discriminator's pool.
-        target += [path for path, _ in target_labeled]
     if spec.eval_dataset_id is not None:
         role = "eval dataset"
         root, other = _other(session, settings, spec.eval_dataset_id, role)
@@ -340,7 +339,7 @@ def _dataset_splits(
         class_names=tuple(manifest.classes),
         train=resolve(folder, manifest.train, "dataset"),
         val=resolve(folder, manifest.val, "dataset"),
-        target=tuple(target),
+        target=target,
         target_labeled=target_labeled,
         evaluation=evaluation,
     )
