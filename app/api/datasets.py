@@ -15,7 +15,7 @@ from app.api.schemas.common import MAX_OFFSET, SLUG_PATTERN, Page, error_respons
 from app.api.schemas.datasets import DatasetOut
 from app.db.repositories import datasets as repo
 from app.services import datasets as service
-from app.storage.datasets import Dedupe
+from app.storage.datasets import DATASET_KINDS, Dedupe
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -69,6 +69,7 @@ def create_dataset(
         "folder layout, no classes: a domain-adaptation target); other values are 422 "
         "`invalid_dataset_kind`",
         examples=["unlabeled"],
+        json_schema_extra={"enum": list(DATASET_KINDS)},
     ),
     idempotency_key: IdempotencyKey = None,
 ) -> DatasetOut | JSONResponse:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import SLUG_PATTERN, UTCDateTime
+from app.storage.datasets import DATASET_KINDS
 
 UPLOAD_CREATE_EXAMPLE: dict[str, Any] = {
     "size": 1073741824,
@@ -58,6 +59,9 @@ class UploadCreate(BaseModel):
         description="as for POST /v1/datasets: labelled, or unlabeled (images in any folder "
         "layout, a domain-adaptation target); anything else is 422 invalid_dataset_kind",
         examples=["unlabeled"],
+        # Documented as the two values (clients and fuzzers see them); checked by the service,
+        # so that anything else is 422 invalid_dataset_kind rather than a validation_error.
+        json_schema_extra={"enum": list(DATASET_KINDS)},
     )
 
 
