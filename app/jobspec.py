@@ -28,6 +28,24 @@ JOB_CREATE_EXAMPLE: dict[str, Any] = {
     "hyperparameters": {"epochs": 5, "batch_size": 32, "learning_rate": 0.001, "image_size": 64},
 }
 
+# Domain adaptation: a labelled source (dataset_id), unlabeled target images, a few labelled
+# target images, and a labelled target set scored every epoch and at the end.
+DANN_JOB_EXAMPLE: dict[str, Any] = {
+    "strategy": "dann",
+    "base_model": "timm:resnet18",
+    "pretrained": True,
+    "dataset_id": "3f8e4a52-3c1f-4f7b-9a53-2f0e2b7c9d11",
+    "target_dataset_id": "7a41c6d0-52b8-4a0e-8f5c-0d9e1b2c3a44",
+    "labeled_target_dataset_id": "c2d9e8f1-1b7a-4c3d-9e5f-6a7b8c9d0e12",
+    "eval_dataset_id": "e5f60718-2a3b-4c5d-8e9f-0a1b2c3d4e5f",
+    "name": "pets-to-sketches",
+    "options": {"trade_off": 1.0, "lambda_schedule": "ganin"},
+    "hyperparameters": {"epochs": 10, "batch_size": 32, "learning_rate": 0.001, "image_size": 64},
+}
+
+# The spec fields that name a dataset besides dataset_id (the job's columns of the same names).
+EXTRA_DATASET_FIELDS = ("target_dataset_id", "labeled_target_dataset_id", "eval_dataset_id")
+
 
 # Strategy options are small scalars or short lists of them (freeze_patterns): these caps bound
 # what a job spec can store, and so what every GET /v1/jobs returns.
@@ -63,7 +81,7 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         allow_inf_nan=False,
-        json_schema_extra={"examples": [JOB_CREATE_EXAMPLE]},
+        json_schema_extra={"examples": [JOB_CREATE_EXAMPLE, DANN_JOB_EXAMPLE]},
     )
 
     strategy: str = Field(
@@ -77,7 +95,28 @@ class JobCreate(BaseModel):
     pretrained: bool = Field(
         True, description="timm only: start from the published weights (false: from scratch)"
     )
-    dataset_id: uuid.UUID
+    dataset_id: uuid.UUID = Field(description="the labelled (source) dataset the model learns")
+    target_dataset_id: uuid.UUID | None = Field(
+        None,
+        description="domain adaptation: images of the domain the model will see (unlabeled, or "
+        "labelled with its labels unused); required by the strategies that adapt (dann, "
+        "instance_weighting: GET /v1/strategies says which), refused by the others",
+        examples=[DANN_JOB_EXAMPLE["target_dataset_id"]],
+    )
+    labeled_target_dataset_id: uuid.UUID | None = Field(
+        None,
+        description="dann only: a labelled dataset of a few target-domain images that join the "
+        "classification loss (semi-supervised adaptation) and the target pool; its classes must "
+        "be among the source dataset's",
+        examples=[DANN_JOB_EXAMPLE["labeled_target_dataset_id"]],
+    )
+    eval_dataset_id: uuid.UUID | None = Field(
+        None,
+        description="a labelled dataset (every split) scored every epoch (eval_loss, "
+        "eval_accuracy in the job's metrics) and at the end (the model's metrics.eval); its "
+        "classes must be among the source dataset's",
+        examples=[DANN_JOB_EXAMPLE["eval_dataset_id"]],
+    )
     name: str | None = Field(
         None,
         pattern=SLUG_PATTERN,

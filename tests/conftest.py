@@ -76,3 +76,22 @@ def digits_zip(digits, tmp_path_factory) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def unlabeled_zip(digits, tmp_path_factory) -> Callable[..., Path]:
+    """A zip of digit images (inverted: another domain than digits_zip's) in nested folders whose
+    names mean nothing, and one file that is not an image: make(count=12, offset=500)."""
+    images, _ = digits
+    root = tmp_path_factory.mktemp("unlabeled")
+
+    def make(count: int = 12, name: str = "target.zip", offset: int = 500) -> Path:
+        path = root / name
+        folders = ("", "cam1/", "cam1/2024/06/", "deep/a/b/c/")
+        with zipfile.ZipFile(path, "w") as zf:
+            for i in range(count):
+                zf.writestr(f"{folders[i % 4]}{i:03d}.png", digit_png(16 - images[offset + i]))
+            zf.writestr("cam1/readme.txt", b"not an image")
+        return path
+
+    return make

@@ -117,3 +117,69 @@ def test_0006_starts_the_registry_generation_and_keeps_versions(tmp_path):
         assert conn.execute(text("SELECT archived_at FROM model_versions")).all() == [(None,)]
         assert conn.execute(text("SELECT id, generation FROM registry_state")).all() == [(1, 0)]
     engine.dispose()
+
+
+def test_0008_makes_existing_datasets_labelled_and_keeps_old_epochs_readable(tmp_path):
+    """Datasets uploaded before 0008 are labelled; epochs recorded before it have no eval
+    figures and an empty extra; jobs have no target; a downgrade drops exactly the new columns."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from app.api.schemas.jobs import EpochMetricsOut, JobOut
+    from app.db.models import Dataset, Job, JobMetric
+    from app.db.session import Database
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    command.upgrade(alembic_config(url), "0007")
+    engine = create_engine(url)
+    dataset_id, job_id = uuid.uuid4(), uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO datasets (id, name, sha256, format, num_classes, num_images,"
+                " size_bytes, report, created_at) VALUES (:id, 'd', 'x', 'zip', 2, 4, 10, '{}',"
+                " '2026-11-29 00:00:00')"
+            ),
+            {"id": dataset_id.hex},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, status, strategy, base_model, dataset_id, spec,"
+                " cancel_requested, epoch, total_epochs, step, total_steps, created_at, attempts)"
+                " VALUES (:id, 'succeeded', 'finetune', 'timm:x', :ds, '{}', 0, 1, 1, 0, 0,"
+                " '2026-11-29 00:00:00', 1)"
+            ),
+            {"id": job_id.hex, "ds": dataset_id.hex},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job_metrics (job_id, epoch, phase, train_loss, val_loss, val_accuracy,"
+                " learning_rate, images_per_second, seconds, created_at) VALUES (:id, 1, 'train',"
+                " 1.0, 1.0, 0.5, 0.001, 10.0, 1.0, '2026-11-29 00:00:00')"
+            ),
+            {"id": job_id.hex},
+        )
+    upgrade(url)
+    db = Database(url)
+    with db.session_scope() as session:
+        dataset = session.get(Dataset, dataset_id)
+        assert dataset is not None and dataset.kind == "labelled"
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.target_dataset_id, job.labeled_target_dataset_id, job.eval_dataset_id) == (
+            None, None, None
+        )  # fmt: skip
+        out = JobOut.from_job(job, None)
+        assert out.target_dataset_id is None and out.eval_dataset_id is None
+        epoch = EpochMetricsOut.model_validate(session.query(JobMetric).one())
+        assert (epoch.extra, epoch.eval_loss, epoch.eval_accuracy) == ({}, None, None)
+    db.dispose()
+    command.downgrade(alembic_config(url), "0007")
+    columns = {c["name"] for c in inspect(engine).get_columns("jobs")}
+    assert not {"target_dataset_id", "labeled_target_dataset_id", "eval_dataset_id"} & columns
+    assert "kind" not in {c["name"] for c in inspect(engine).get_columns("datasets")}
+    assert "extra" not in {c["name"] for c in inspect(engine).get_columns("job_metrics")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM job_metrics")).scalar_one() == 1
+    engine.dispose()

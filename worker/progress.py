@@ -52,9 +52,8 @@ class DatabaseProgress(Callback):
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         values = asdict(metrics)
-        # TODO(issue 10) a strategy's further figures and the eval set's need columns.
-        for name in ("extra", "eval_loss", "eval_accuracy"):
-            values.pop(name)
+        # Plain floats for the JSON column (a strategy may hand over numpy or torch scalars).
+        values["extra"] = {str(k): float(v) for k, v in metrics.extra.items()}
         if metrics.images_per_second:
             worker_metrics.IMAGES_PER_SECOND.set(metrics.images_per_second)
         with self.db.session_scope() as session:

@@ -40,12 +40,12 @@ from app.engine import (
 from app.engine.loop import resolve_device
 from app.engine.state import Checkpointer
 from app.errors import ServiceError
-from app.jobspec import JobCreate
+from app.jobspec import EXTRA_DATASET_FIELDS, JobCreate
 from app.naming import slugify
 from app.observability import job_context
 from app.services.job_kinds import kind_of
 from app.settings import Settings
-from app.storage.datasets import load_manifest
+from app.storage.datasets import DatasetManifest, load_manifest
 from worker import metrics
 from worker.features import save_embeddings
 from worker.progress import DatabaseProgress
@@ -128,7 +128,7 @@ def _run_claimed(
             strategy = str(job.spec.get("strategy", "unknown"))
             spec = _parse_spec(job.spec)
             source, parent_id = _model_source(session, settings, spec)
-            data, dataset = _dataset_splits(session, settings, job)
+            data, dataset = _dataset_splits(session, settings, job, spec)
         progress = DatabaseProgress(
             db, job_id, interval_s=settings.progress_interval_s, attempt=attempt
         )
@@ -296,27 +296,73 @@ def _model_source(
     return ModelSource(kind="artifact", artifact_dir=folder), parent.id
 
 
-def _dataset_splits(session: Any, settings: Settings, job: Job) -> tuple[DatasetSplits, Dataset]:
+def _dataset_splits(
+    session: Any, settings: Settings, job: Job, spec: JobCreate | None = None
+) -> tuple[DatasetSplits, Dataset]:
+    """The engine's inputs from the job's datasets: the source's train/val; the target's images
+    (every split, labels unused); the labelled target's and the eval set's (path, label) over
+    every split, their labels mapped by class name onto the source's classes. ``spec``: the
+    job's, parsed (from ``job.spec`` when not given)."""
+    spec = spec or _parse_spec(job.spec)
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     if dataset is None:
         raise JobInputError("the job's dataset no longer exists", code=DATASET_MISSING)
-    folder = settings.layout.dataset_dir(dataset.id)
-    try:
-        manifest = load_manifest(folder)
-    except ServiceError as exc:  # DatasetCorrupt: the files were lost or damaged on disk
-        code = DATASET_CORRUPT if folder.is_dir() else DATASET_MISSING
-        raise JobInputError(f"the job's dataset cannot be read: {exc.message}", code=code) from exc
+    folder, manifest = _manifest(settings, dataset, "dataset")
     index = {name: i for i, name in enumerate(manifest.classes)}
 
-    def resolve(items: list[tuple[str, str]]) -> tuple[tuple[str, int], ...]:
-        return tuple((str(folder / rel), index[cls]) for rel, cls in items)
+    def resolve(root: Path, items: list[tuple[str, str]], role: str) -> tuple[tuple[str, int], ...]:
+        unknown = sorted({cls for _, cls in items} - set(index))
+        if unknown:  # checked when the job was submitted; only a damaged manifest gets here
+            raise JobInputError(
+                f"the job's {role} has classes the source dataset has not got: "
+                f"{', '.join(map(repr, unknown))}",
+                code=INVALID_SPEC,
+            )
+        return tuple((str(root / rel), index[cls]) for rel, cls in items)
 
+    target: tuple[str, ...] = ()
+    target_labeled: tuple[tuple[str, int], ...] = ()
+    evaluation: tuple[tuple[str, int], ...] = ()
+    if spec.target_dataset_id is not None:
+        root, other = _other(session, settings, spec.target_dataset_id, "target dataset")
+        target = tuple(str(root / rel) for rel in other.all_paths())
+    if spec.labeled_target_dataset_id is not None:
+        role = "labelled target dataset"
+        root, other = _other(session, settings, spec.labeled_target_dataset_id, role)
+        # The engine adds these to the domain loss's target pool itself (dann.target_pool).
+        target_labeled = resolve(root, other.train + other.val, role)
+    if spec.eval_dataset_id is not None:
+        role = "eval dataset"
+        root, other = _other(session, settings, spec.eval_dataset_id, role)
+        evaluation = resolve(root, other.train + other.val, role)
     splits = DatasetSplits(
         class_names=tuple(manifest.classes),
-        train=resolve(manifest.train),
-        val=resolve(manifest.val),
+        train=resolve(folder, manifest.train, "dataset"),
+        val=resolve(folder, manifest.val, "dataset"),
+        target=target,
+        target_labeled=target_labeled,
+        evaluation=evaluation,
     )
     return splits, dataset
+
+
+def _other(
+    session: Any, settings: Settings, dataset_id: uuid.UUID, role: str
+) -> tuple[Path, DatasetManifest]:
+    """The folder and manifest of one of the job's other datasets (target, eval, ...)."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise JobInputError(f"the job's {role} no longer exists", code=DATASET_MISSING)
+    return _manifest(settings, dataset, role)
+
+
+def _manifest(settings: Settings, dataset: Dataset, role: str) -> tuple[Path, DatasetManifest]:
+    folder = settings.layout.dataset_dir(dataset.id)
+    try:
+        return folder, load_manifest(folder)
+    except ServiceError as exc:  # DatasetCorrupt: the files were lost or damaged on disk
+        code = DATASET_CORRUPT if folder.is_dir() else DATASET_MISSING
+        raise JobInputError(f"the job's {role} cannot be read: {exc.message}", code=code) from exc
 
 
 def _lineage(
@@ -329,6 +375,11 @@ def _lineage(
         "dataset_id": str(dataset.id),
         "dataset_name": dataset.name,
         "dataset_sha256": dataset.sha256,
+        # Domain adaptation's other datasets (None when the job had none).
+        **{
+            field: str(value) if (value := getattr(spec, field)) is not None else None
+            for field in EXTRA_DATASET_FIELDS
+        },
         "job_spec": spec.model_dump(mode="json"),
         "device": settings.device,
         "torch_threads": torch.get_num_threads(),
@@ -376,6 +427,14 @@ def _register_model(
         ),
         "onnx": onnx,
     }
+    if result.eval_dataset is not None:
+        # The job's eval dataset (eval_dataset_id), scored with the final model.
+        metrics["eval"] = {
+            "accuracy": result.eval_dataset.accuracy,
+            "per_class_accuracy": result.eval_dataset.per_class_accuracy,
+            "confusion_matrix": result.eval_dataset.confusion_matrix,
+            "num_images": result.eval_dataset.num_samples,
+        }
     name = spec.name or slugify(dataset.name)
     try:
         # Two jobs finishing at once under one name race for the next version number; the

@@ -9,6 +9,7 @@ from app.api.auth import require_scope
 from app.api.schemas.common import error_responses
 from app.engine import list_backbones as list_timm_backbones
 from app.services.job_kinds import list_job_kinds
+from app.services.jobs import LABELED_TARGET_STRATEGIES, strategies_using_target
 
 router = APIRouter(
     prefix="/v1",
@@ -21,13 +22,28 @@ router = APIRouter(
 class StrategyOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"name": "finetune", "kind": "train", "options": ["freeze_stages"]}]
+            "examples": [
+                {"name": "finetune", "kind": "train", "options": ["freeze_stages"],
+                 "needs_target": False, "takes_labeled_target": False},
+                {"name": "dann", "kind": "train",
+                 "options": ["freeze_stages", "trade_off", "discriminator_hidden",
+                             "lambda_schedule"],
+                 "needs_target": True, "takes_labeled_target": True},
+            ]
         }
-    )
+    )  # fmt: skip
 
     name: str
     kind: str = Field(description="the kind of job this strategy makes: train, extract_features")
     options: list[str]
+    needs_target: bool = Field(
+        False,
+        description="adapts to a target domain: a job needs target_dataset_id (and may not "
+        "have one otherwise)",
+    )
+    takes_labeled_target: bool = Field(
+        False, description="also takes labeled_target_dataset_id (semi-supervised adaptation)"
+    )
 
 
 class BackbonesOut(BaseModel):
@@ -45,8 +61,15 @@ class BackbonesOut(BaseModel):
     summary="Transfer strategies (and extract_features, the feature-extraction job)",
 )
 def list_strategies() -> list[StrategyOut]:
+    adapting = set(strategies_using_target())
     return [
-        StrategyOut(name=name, kind=kind.name, options=kind.options(name))
+        StrategyOut(
+            name=name,
+            kind=kind.name,
+            options=kind.options(name),
+            needs_target=name in adapting,
+            takes_labeled_target=name in LABELED_TARGET_STRATEGIES,
+        )
         for kind in list_job_kinds()
         for name in kind.strategies()
     ]

@@ -15,7 +15,7 @@ from app.api.schemas.common import MAX_OFFSET, SLUG_PATTERN, Page, error_respons
 from app.api.schemas.datasets import DatasetOut
 from app.db.repositories import datasets as repo
 from app.services import datasets as service
-from app.storage.datasets import Dedupe
+from app.storage.datasets import DATASET_KINDS, Dedupe
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -36,7 +36,11 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
         "images with a copy in train (`report.leakage`), size and mode histograms and class "
         "balance (`report.statistics`), and `report.warnings`. "
         "Unsafe archives (`..` or absolute paths, links, devices, archive bombs) are refused "
-        "whole. Example: `curl -F file=@pets.zip -F name=pets localhost:8000/v1/datasets`"
+        "whole. With `kind=unlabeled` the archive holds images in any folder layout (folder "
+        "names are not classes, nested folders are fine): a domain-adaptation target "
+        "(`target_dataset_id` of a dann or instance_weighting job), checked and reported the "
+        "same way, without classes or splits; it cannot be a job's `dataset_id`. "
+        "Example: `curl -F file=@pets.zip -F name=pets localhost:8000/v1/datasets`"
     ),
 )
 def create_dataset(
@@ -58,8 +62,18 @@ def create_dataset(
         "only reported (`report.duplicates`, `report.leakage`).",
         examples=["near"],
     ),
+    kind: str = Form(
+        "labelled",
+        max_length=32,
+        description="`labelled` (class folders or labels.csv) or `unlabeled` (images in any "
+        "folder layout, no classes: a domain-adaptation target); other values are 422 "
+        "`invalid_dataset_kind`",
+        examples=["unlabeled"],
+        json_schema_extra={"enum": list(DATASET_KINDS)},
+    ),
     idempotency_key: IdempotencyKey = None,
 ) -> DatasetOut | JSONResponse:
+    dataset_kind = service.check_kind(kind)
     idem = IdempotentCreate(
         session,
         principal=principal,
@@ -69,6 +83,7 @@ def create_dataset(
         # dedupe only when set, so keys stored before the option existed still match.
         request=[(name or "").encode(), _sha256(file.file).encode()]
         + ([dedupe.encode()] if dedupe != "none" else [])
+        + ([kind.encode()] if kind != "labelled" else [])
         if idempotency_key
         else [],
         ttl_s=settings.idempotency_ttl_s,
@@ -77,7 +92,7 @@ def create_dataset(
         return replayed
     with service.ingest_dataset(
         session, settings, file.file, filename=file.filename or "dataset", name=name,
-        dedupe=dedupe,
+        dedupe=dedupe, kind=dataset_kind,
     ) as ingest:  # fmt: skip
         out = DatasetOut.model_validate(ingest.dataset)
         if lost_race := idem.remember(status.HTTP_201_CREATED, out):

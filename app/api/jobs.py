@@ -22,6 +22,7 @@ from app.api.schemas.jobs import EpochMetricsOut, JobCreate, JobMetricsOut, JobO
 from app.db.models import Job
 from app.db.repositories import jobs as repo
 from app.db.repositories import models as models_repo
+from app.jobspec import EXTRA_DATASET_FIELDS
 from app.services import jobs as service
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,7 +45,13 @@ def job_out(job: Job, session: SessionDep) -> JobOut:
     dependencies=[require_scope("train")],
     description=(
         "Validates the spec (strategy, backbone, hyperparameters), stores the job as `queued` "
-        "and hands its id to a worker. Poll `GET /v1/jobs/{id}` for progress."
+        "and hands its id to a worker. Poll `GET /v1/jobs/{id}` for progress. Domain "
+        "adaptation: `target_dataset_id` (required by dann and instance_weighting, refused by "
+        "the others), `labeled_target_dataset_id` (dann only, labelled) and `eval_dataset_id` "
+        "(any training strategy, labelled); their classes must be among the source's. Errors: "
+        "`target_dataset_required`, `target_dataset_not_used`, `labeled_target_not_supported`, "
+        "`dataset_unlabeled`, `class_mismatch`, `eval_dataset_not_used` (422), "
+        "`dataset_not_found` (404, `details.field` says which)."
     ),
 )
 def create_job(
@@ -60,7 +67,8 @@ def create_job(
         principal=principal,
         endpoint="create_job",
         key=idempotency_key,
-        request=[body.model_dump_json().encode()],
+        # The domain-adaptation fields only when set, so keys stored before they existed match.
+        request=[body.model_dump_json(exclude=_unset_dataset_fields(body)).encode()],
         ttl_s=settings.idempotency_ttl_s,
     )
     if replayed := idem.replayed():
@@ -71,6 +79,10 @@ def create_job(
         return lost_race
     service.commit_and_enqueue(session, queue, job, on_failure=idem.forget)
     return out
+
+
+def _unset_dataset_fields(body: JobCreate) -> set[str]:
+    return {field for field in EXTRA_DATASET_FIELDS if getattr(body, field) is None}
 
 
 @router.get(
@@ -107,7 +119,8 @@ def get_job(job: ValidJob, session: SessionDep) -> JobOut:
     "/{job_id}/metrics",
     response_model=JobMetricsOut,
     responses=error_responses(404),
-    summary="Per-epoch metrics: losses, validation accuracy, learning rate, images/s",
+    summary="Per-epoch metrics: losses, validation accuracy, learning rate, images/s, the eval "
+    "set's loss and accuracy, the strategy's own figures (extra)",
     dependencies=[require_scope("read")],
 )
 def get_job_metrics(job: ValidJob, session: SessionDep) -> JobMetricsOut:

@@ -26,6 +26,7 @@ def _out(settings: Settings, upload: Upload) -> UploadOut:
         filename=upload.filename,
         name=upload.name,
         dedupe=upload.dedupe,
+        kind=upload.kind,
         size=upload.size,
         part_size=upload.part_size,
         status=upload.status,  # type: ignore[arg-type]
@@ -58,6 +59,7 @@ def create_upload(
     upload = service.create_upload(
         session, settings, api_key_id=principal.key_id, size=body.size,
         part_size=body.part_size, filename=body.filename, name=body.name, dedupe=body.dedupe,
+        kind=body.kind,
     )  # fmt: skip
     session.commit()
     return _out(settings, upload)

@@ -12,10 +12,18 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Dataset
 from app.db.repositories import datasets as repo
-from app.errors import Conflict, NotFound, PayloadTooLarge
+from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.naming import slugify
 from app.settings import Settings
-from app.storage.datasets import Dedupe, IngestLimits, ingest_archive
+from app.storage.datasets import (
+    DATASET_KINDS,
+    LABELLED,
+    UNLABELED,
+    DatasetKind,
+    Dedupe,
+    IngestLimits,
+    ingest_archive,
+)
 from app.storage.sweep import ingest_lock
 
 CHUNK = 1 << 20
@@ -27,6 +35,18 @@ class DatasetNotFound(NotFound):
 
 class DatasetInUse(Conflict):
     code = "dataset_in_use"
+
+
+def check_kind(kind: str) -> DatasetKind:
+    """A dataset kind as a client sent it: labelled or unlabeled, else 422 invalid_dataset_kind."""
+    if kind not in DATASET_KINDS:
+        raise InvalidInput(
+            f"kind must be one of {', '.join(DATASET_KINDS)} (got {kind[:50]!r}): 'labelled' "
+            "for class folders or labels.csv, 'unlabeled' for images in any folder layout",
+            code="invalid_dataset_kind",
+            details={"field": "kind", "choices": list(DATASET_KINDS)},
+        )
+    return LABELLED if kind == LABELLED else UNLABELED
 
 
 def ingest_limits(settings: Settings) -> IngestLimits:
@@ -83,6 +103,7 @@ def ingest_dataset(
     filename: str,
     name: str | None,
     dedupe: Dedupe = "none",
+    kind: DatasetKind = LABELLED,
 ) -> Iterator[Ingest]:
     """Ingest an upload and yield it; the caller commits the row inside the ``with`` block.
 
@@ -95,7 +116,7 @@ def ingest_dataset(
     with ingest_lock(settings.layout.ensure(), dataset_id):
         dataset = create_dataset(
             session, settings, source, dataset_id=dataset_id, filename=filename, name=name,
-            dedupe=dedupe,
+            dedupe=dedupe, kind=kind,
         )  # fmt: skip
         ingest = Ingest(dataset, settings.layout.dataset_dir(dataset_id))
         try:
@@ -114,6 +135,7 @@ def create_dataset(
     filename: str,
     name: str | None,
     dedupe: Dedupe = "none",
+    kind: DatasetKind = LABELLED,
 ) -> Dataset:
     """Spool, extract safely, validate, then insert. On any failure nothing stays on disk.
 
@@ -129,7 +151,7 @@ def create_dataset(
             source.rename(tmp)  # same filesystem (both under tmp/): no copy
         else:
             _spool(source, tmp, settings.max_upload_bytes)
-        report = ingest_archive(tmp, dest, ingest_limits(settings), dedupe=dedupe)
+        report = ingest_archive(tmp, dest, ingest_limits(settings), dedupe=dedupe, kind=kind)
     finally:
         tmp.unlink(missing_ok=True)
     try:
@@ -140,6 +162,7 @@ def create_dataset(
                 name=name or slugify(_stem(filename)),
                 sha256=report.sha256,
                 format=report.format,
+                kind=kind,
                 num_classes=len(report.classes),
                 num_images=report.num_images,
                 size_bytes=report.total_bytes,
@@ -173,12 +196,16 @@ def job_warnings(dataset: Dataset) -> list[dict[str, Any]]:
 def delete_dataset(session: Session, settings: Settings, dataset_id: uuid.UUID) -> Path:
     """Delete the row; return the folder, which the caller removes once the delete committed."""
     dataset = get_dataset(session, dataset_id)
-    active = repo.active_job_ids(session, dataset_id)
+    active = repo.active_job_roles(session, dataset_id)
     if active:
+        roles = sorted({role for job_roles in active.values() for role in job_roles})
         raise DatasetInUse(
-            f"dataset {dataset_id} is used by {len(active)} queued or running job(s); cancel "
-            "them or wait until they finish",
-            details={"job_ids": [str(j) for j in active]},
+            f"dataset {dataset_id} is used by {len(active)} queued or running job(s) (as "
+            f"{', '.join(roles)}); cancel them or wait until they finish",
+            details={
+                "job_ids": [str(j) for j in active],
+                "roles": {str(j): job_roles for j, job_roles in active.items()},
+            },
         )
     repo.delete(session, dataset)
     # Files go only after the commit: a crash in between leaves an orphan folder (harmless, no

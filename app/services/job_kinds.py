@@ -66,9 +66,9 @@ TRAIN = register_job_kind(
     JobKind(
         name="train",
         description="train a classifier with a transfer strategy; makes a model version",
-        # Not yet the strategies that need a target dataset (dann): jobs cannot name one until
-        # the API takes target_dataset_id (issue 10), so the API does not offer them.
-        strategies=lambda: engine.list_strategies(needs_target=False),
+        # Those that adapt to a target domain (dann, instance_weighting) too: their jobs name
+        # it in target_dataset_id (app.services.jobs.check_job_datasets).
+        strategies=lambda: engine.list_strategies(),
         options=engine.strategy_option_names,
         check=_check_training,
         total_epochs=lambda hp: hp.epochs,

@@ -12,14 +12,15 @@ from sqlalchemy.orm import Session
 
 from app import engine
 from app.db.base import utcnow
-from app.db.models import Job, JobStatus
+from app.db.models import Dataset, Job, JobStatus
 from app.db.repositories import jobs as repo
 from app.db.repositories import models as models_repo
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError
-from app.jobspec import parse_base_model
+from app.jobspec import EXTRA_DATASET_FIELDS, parse_base_model
 from app.naming import slugify
-from app.services.datasets import get_dataset, job_warnings
+from app.services.datasets import DatasetNotFound, get_dataset, job_warnings
 from app.services.job_kinds import kind_of, list_job_kinds
+from app.storage.datasets import UNLABELED
 
 if TYPE_CHECKING:
     from app.queue import JobQueue
@@ -37,6 +38,11 @@ class JobFinished(Conflict):
 
 class NoFeatures(Conflict):
     code = "no_features"
+
+
+# The strategies that put labelled target images (labeled_target_dataset_id) into their
+# classification loss; the engine's other target-using strategies ignore them.
+LABELED_TARGET_STRATEGIES = ("dann",)
 
 
 class BrokerUnavailable(ServiceError):
@@ -144,10 +150,111 @@ def check_spec(spec: dict[str, Any]) -> engine.Hyperparameters:
     return hparams
 
 
+def strategies_using_target() -> list[str]:
+    """The strategies that train with target-domain images (engine ``Strategy.needs_target``)."""
+    return engine.list_strategies(needs_target=True)
+
+
+def _dataset_in(session: Session, spec: dict[str, Any], field: str) -> Dataset | None:
+    value = spec.get(field)
+    if value is None:
+        return None
+    dataset_id = uuid.UUID(str(value))
+    try:
+        return get_dataset(session, dataset_id)
+    except DatasetNotFound as exc:
+        raise DatasetNotFound(
+            f"{field}: dataset {dataset_id} does not exist; GET /v1/datasets lists them",
+            details={"field": field},
+        ) from exc
+
+
+def _class_names(dataset: Dataset) -> list[str]:
+    return [str(c) for c in (dataset.report or {}).get("classes") or []]
+
+
+def _require_labelled(dataset: Dataset, field: str, why: str) -> None:
+    if dataset.kind == UNLABELED:
+        raise InvalidInput(
+            f"{field}: dataset {dataset.id} ({dataset.name!r}) is unlabeled; {why}. Upload it "
+            "with class folders (kind=labelled), or name a labelled dataset",
+            code="dataset_unlabeled",
+            details={"field": field, "dataset_id": str(dataset.id)},
+        )
+
+
+def _require_known_classes(dataset: Dataset, field: str, source: Dataset) -> None:
+    """An eval or labelled-target dataset's labels are mapped by class name onto the source's:
+    a class the source has not got could never be predicted."""
+    known = set(_class_names(source))
+    extra = sorted(set(_class_names(dataset)) - known)
+    if extra:
+        raise InvalidInput(
+            f"{field}: dataset {dataset.id} has class(es) {', '.join(map(repr, extra))} that the "
+            f"source dataset {source.id} has not got (it has {', '.join(map(repr, sorted(known)))}"
+            "); the model can only predict the source's classes, so remove those classes' "
+            "folders or rename them to the source's names",
+            code="class_mismatch",
+            details={"field": field, "extra_classes": extra, "source_classes": sorted(known)},
+        )
+
+
+def check_job_datasets(
+    session: Session, spec: dict[str, Any], source: Dataset
+) -> dict[str, Dataset | None]:
+    """The target, labelled-target and eval datasets of a job spec, checked against its
+    strategy and source dataset (``validate_strategy`` has run); by field name."""
+    strategy = spec["strategy"]
+    found = {field: _dataset_in(session, spec, field) for field in EXTRA_DATASET_FIELDS}
+    target, labeled, evaluation = (found[f] for f in EXTRA_DATASET_FIELDS)
+    adapting = strategies_using_target()
+    kind = kind_of(strategy)
+    if strategy in adapting and target is None:
+        raise InvalidInput(
+            f"strategy {strategy!r} adapts to a target domain and needs its images: set "
+            "target_dataset_id to a dataset of them (upload one with kind=unlabeled)",
+            code="target_dataset_required",
+            details={"field": "target_dataset_id"},
+        )
+    if strategy not in adapting and target is not None:
+        raise InvalidInput(
+            f"strategy {strategy!r} does not use a target dataset; remove target_dataset_id, or "
+            f"choose a strategy that adapts to one: {', '.join(adapting)}",
+            code="target_dataset_not_used",
+            details={"field": "target_dataset_id", "choices": adapting},
+        )
+    if labeled is not None:
+        if strategy not in LABELED_TARGET_STRATEGIES:
+            raise InvalidInput(
+                f"labeled_target_dataset_id is only used by "
+                f"{', '.join(LABELED_TARGET_STRATEGIES)}, not by {strategy!r}; remove it or "
+                "change the strategy",
+                code="labeled_target_not_supported",
+                details={"field": "labeled_target_dataset_id",
+                         "choices": list(LABELED_TARGET_STRATEGIES)},
+            )  # fmt: skip
+        _require_labelled(labeled, "labeled_target_dataset_id", "its labels enter the loss")
+        _require_known_classes(labeled, "labeled_target_dataset_id", source)
+    if evaluation is not None:
+        if kind is None or not kind.makes_model:
+            raise InvalidInput(
+                f"a {strategy!r} job trains no model, so there is nothing to score on an eval "
+                "dataset; remove eval_dataset_id",
+                code="eval_dataset_not_used",
+                details={"field": "eval_dataset_id"},
+            )
+        _require_labelled(evaluation, "eval_dataset_id", "scoring needs labels")
+        _require_known_classes(evaluation, "eval_dataset_id", source)
+    return found
+
+
 def create_job(session: Session, spec: dict[str, Any]) -> Job:
     """Validate the spec against what exists and insert the job as ``queued`` (flush only)."""
-    dataset = get_dataset(session, uuid.UUID(str(spec["dataset_id"])))
+    dataset = _dataset_in(session, spec, "dataset_id")
+    assert dataset is not None  # the API requires dataset_id
+    _require_labelled(dataset, "dataset_id", "a job learns the classes of its dataset_id")
     validate_strategy(spec["strategy"], spec.get("options") or {})
+    others = check_job_datasets(session, spec, dataset)
     validate_base_model(session, spec["base_model"])
     hparams = check_spec(spec)
     # The model name is fixed now, a slug: datasets uploaded before names were validated may
@@ -162,6 +269,7 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
             strategy=spec["strategy"],
             base_model=spec["base_model"],
             dataset_id=dataset.id,
+            **{field: d.id if d else None for field, d in others.items()},
             spec=spec,
             total_epochs=kind.total_epochs(hparams),
             warnings=job_warnings(dataset),

@@ -24,7 +24,7 @@ from app.db.models import Dataset, Upload
 from app.db.repositories import datasets as datasets_repo
 from app.db.repositories import uploads as repo
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from app.services.datasets import ingest_dataset
+from app.services.datasets import check_kind, ingest_dataset
 from app.settings import Settings
 from app.storage import parts as store
 from app.storage.datasets import Dedupe
@@ -71,7 +71,9 @@ def create_upload(
     filename: str,
     name: str | None,
     dedupe: Dedupe,
+    kind: str = "labelled",
 ) -> Upload:
+    kind = check_kind(kind)
     if size > settings.max_upload_bytes:
         raise PayloadTooLarge(
             f"the upload would be {size} bytes, over the limit of {settings.max_upload_bytes}; "
@@ -88,6 +90,7 @@ def create_upload(
             filename=filename,
             name=name,
             dedupe=dedupe,
+            kind=kind,
             size=size,
             part_size=part_size,
             status="open",
@@ -193,6 +196,7 @@ def complete_upload(
         with ingest_dataset(
             session, settings, assembled, filename=upload.filename, name=upload.name,
             dedupe=upload.dedupe,  # type: ignore[arg-type]
+            kind=check_kind(upload.kind),
         ) as ingest:  # fmt: skip
             upload.status = "completed"
             upload.dataset_id = ingest.dataset.id

@@ -3,8 +3,11 @@
     <dataset_dir>/
       train/<class>/<rest of path>    accepted images only
       val/<class>/<rest of path>      only if the archive had val/ (or valid/, validation/)
-      manifest.json                   classes, train/val lists and the ingest report; written
-                                      last, so a folder without it is not a dataset
+      images/<path in the archive>    an unlabeled dataset's images (kind "unlabeled": any
+                                      folder layout, folder names are not classes)
+      manifest.json                   classes, train/val lists (or the unlabeled images) and the
+                                      ingest report; written last, so a folder without it is not
+                                      a dataset
 
 ``ingest_archive`` is for the API (after the upload is on disk), ``load_manifest`` (from
 ``manifest``) for the worker. Archive safety lives in ``archive``, image checks in ``images``,
@@ -35,9 +38,14 @@ from app.storage.archive import (
 from app.storage.duplicates import Fingerprinter
 from app.storage.images import ImageRejected, open_image
 from app.storage.manifest import (
+    DATASET_KINDS,
+    LABELLED,
     MANIFEST_NAME,
     MANIFEST_VERSION,
+    UNLABELED,
+    UNLABELED_DIR,
     DatasetCorrupt,
+    DatasetKind,
     DatasetManifest,
     load_manifest,
 )
@@ -45,8 +53,12 @@ from app.storage.manifest_csv import MANIFEST_CSV, Row, check_rows, read_labels_
 from app.storage.report import DEDUPE_MODES, Dedupe, ImageInfo, analyze
 
 __all__ = [
+    "DATASET_KINDS",
     "DEDUPE_MODES",
+    "LABELLED",
+    "UNLABELED",
     "DatasetCorrupt",
+    "DatasetKind",
     "DatasetManifest",
     "DatasetRejected",
     "DatasetReport",
@@ -110,9 +122,16 @@ class DatasetReport:
     dedupe: dict[str, Any] = field(default_factory=dict)
     statistics: dict[str, Any] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    kind: DatasetKind = LABELLED
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("kind")  # the dataset's own field (and the manifest's)
+        if self.kind == UNLABELED:
+            # No labels: no classes, no splits, no train/val leakage to report.
+            for key in ("classes", "splits", "leakage"):
+                out.pop(key)
+        return out
 
 
 def ingest_archive(
@@ -122,8 +141,12 @@ def ingest_archive(
     *,
     dedupe: Dedupe = "none",
     analyze: bool = True,
+    kind: DatasetKind = LABELLED,
 ) -> DatasetReport:
     """Extract, validate and lay out the archive in ``dest_dir``; return the report.
+
+    ``kind="unlabeled"`` takes images in any folder layout (nested folders are fine, their
+    names are not classes), under the same safety limits and image checks.
 
     ``dedupe`` drops exact or near copies within a split and class (``app.storage.report``);
     ``analyze=False`` leaves duplicates, leakage and statistics out of the report (for
@@ -133,7 +156,7 @@ def ingest_archive(
     """
     dest_dir.mkdir(parents=True)  # FileExistsError before we own it: never delete someone's dir
     try:
-        return _ingest(archive_path, dest_dir, limits, dedupe, analyze)
+        return _ingest(archive_path, dest_dir, limits, dedupe, analyze, kind)
     except BaseException:
         shutil.rmtree(dest_dir, ignore_errors=True)
         if dest_dir.exists():
@@ -145,21 +168,31 @@ def ingest_archive(
 
 
 def _ingest(
-    archive_path: Path, dest_dir: Path, limits: IngestLimits, dedupe: Dedupe, analyzed: bool
+    archive_path: Path,
+    dest_dir: Path,
+    limits: IngestLimits,
+    dedupe: Dedupe,
+    analyzed: bool,
+    kind: DatasetKind,
 ) -> DatasetReport:
     if dedupe not in DEDUPE_MODES:
         raise ValueError(f"dedupe must be one of {DEDUPE_MODES}, not {dedupe!r}")
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"kind must be one of {DATASET_KINDS}, not {kind!r}")
     staging = dest_dir / _STAGING
     staging.mkdir()
-    extraction = extract_archive(archive_path, staging, limits.archive_limits(), _skip_early)
-    placed = _Layout.of(extraction).place(dest_dir, limits.max_image_pixels, analyzed)
+    unlabeled = kind == UNLABELED
+    skip = _skip_hidden if unlabeled else _skip_early
+    extraction = extract_archive(archive_path, staging, limits.archive_limits(), skip)
+    layout = _UnlabeledLayout(extraction) if unlabeled else _Layout.of(extraction)
+    placed = layout.place(dest_dir, limits.max_image_pixels, analyzed)
     shutil.rmtree(staging)
     sections: dict[str, Any] = {}
     if analyzed:
         analysis = analyze(placed.infos, placed.prints, dedupe)
         placed.drop([placed.infos[i].rel for i in analysis.drop], dest_dir)
         sections = analysis.sections
-    report = placed.report(extraction.format, sections)
+    report = placed.report(extraction.format, sections, kind)
     _write_manifest(dest_dir, placed, report)
     return report
 
@@ -168,10 +201,17 @@ def _is_hidden(part: str) -> bool:
     return part.startswith(".") or part.lower() in _SYSTEM_NAMES
 
 
-def _skip_early(parts: tuple[str, ...]) -> str | None:
-    """Files not worth writing at all (the rest are judged once the whole archive is seen)."""
+def _skip_hidden(parts: tuple[str, ...]) -> str | None:
+    """Hidden and system files (``.DS_Store``, ``__MACOSX/``): never worth writing."""
     if any(_is_hidden(p) for p in parts):
         return "hidden or system file"
+    return None
+
+
+def _skip_early(parts: tuple[str, ...]) -> str | None:
+    """Files not worth writing at all (the rest are judged once the whole archive is seen)."""
+    if reason := _skip_hidden(parts):
+        return reason
     if len(parts) == 1 and parts[0].lower() != MANIFEST_CSV:
         return _NOT_IN_CLASS
     return None
@@ -186,8 +226,10 @@ class _Placed:
     train: list[tuple[str, str, StagedFile]]  # (relpath, class, file)
     val: list[tuple[str, str, StagedFile]]
     rejected: list[dict[str, str]]
-    infos: list[ImageInfo]  # of train + val, in the order they were placed
+    infos: list[ImageInfo]  # of train + val (or images), in the order they were placed
     prints: list  # their Fingerprints, when analysed
+    # An unlabeled dataset's images: (relpath, "", file); train and val are empty then.
+    images: list[tuple[str, str, StagedFile]] = field(default_factory=list)
 
     def drop(self, rels: list[str], dest_dir: Path) -> None:
         """Remove these placed images (dedupe) from disk and from the lists."""
@@ -196,14 +238,15 @@ class _Placed:
             (dest_dir / rel).unlink()
         self.train = [t for t in self.train if t[0] not in gone]
         self.val = [t for t in self.val if t[0] not in gone]
+        self.images = [t for t in self.images if t[0] not in gone]
 
-    def report(self, fmt: str, sections: dict[str, Any]) -> DatasetReport:
-        accepted = self.train + self.val
+    def report(self, fmt: str, sections: dict[str, Any], kind: DatasetKind) -> DatasetReport:
+        accepted = self.train + self.val + self.images
         digest = hashlib.sha256()
         # JSON keeps the encoding unambiguous whatever characters the paths hold.
         pairs = sorted((rel, f.sha256) for rel, _, f in accepted)
         digest.update(json.dumps(pairs, ensure_ascii=False).encode("utf-8"))
-        splits = {"train": _counts(self.train, self.classes)}
+        splits = {"train": _counts(self.train, self.classes)} if kind == LABELLED else {}
         if self.has_val:
             splits["val"] = _counts(self.val, self.classes)
         return DatasetReport(
@@ -214,6 +257,7 @@ class _Placed:
             rejected=sorted(self.rejected, key=lambda r: (r["path"], r["reason"])),
             num_images=len(accepted),
             total_bytes=sum(f.size for _, _, f in accepted),
+            kind=kind,
             **sections,
         )
 
@@ -400,6 +444,64 @@ class _Layout:
             )
 
 
+@dataclass
+class _UnlabeledLayout:
+    """Every image, wherever it is in the archive, kept under ``images/`` with its archive path:
+    folder names are not classes, nested folders and a wrapping folder are fine."""
+
+    extraction: Extraction
+
+    def place(self, dest_dir: Path, max_pixels: int, analyzed: bool) -> _Placed:
+        rejected = list(self.extraction.skipped)
+        kept: list[tuple[str, str, StagedFile]] = []
+        infos: list[ImageInfo] = []
+        prints = Fingerprinter()
+        taken: set[str] = set()
+        root = dest_dir.resolve()
+        for f in self.extraction.files:
+            rel = "/".join((UNLABELED_DIR, *f.parts))
+            img = None
+            if rel in taken:
+                reason: str | None = "a file with the same path came earlier in the archive"
+            else:
+                try:
+                    img = open_image(f.path, max_pixels)
+                except ImageRejected as exc:
+                    reason = exc.message
+                else:
+                    reason = _move(f.path, dest_dir / rel, root)
+            if reason is not None or img is None:
+                if img is not None:
+                    img.close()
+                f.path.unlink(missing_ok=True)
+                rejected.append({"path": f.name, "reason": reason or "not placed"})
+                continue
+            with img:
+                # One "split" and no label: dedupe then keeps one of each group of copies.
+                infos.append(ImageInfo(rel, UNLABELED_DIR, "", f.sha256, img.width, img.height,
+                                       img.mode))  # fmt: skip
+                if analyzed:
+                    prints.add(img)
+            taken.add(rel)
+            kept.append((rel, "", f))
+        if not kept:
+            raise DatasetRejected(
+                "the archive contains no usable images (JPEG, PNG, BMP, GIF, WEBP or TIFF)",
+                code="dataset_no_images",
+                details={"rejected": rejected[:20]},
+            )
+        return _Placed(
+            classes=[],
+            has_val=False,
+            train=[],
+            val=[],
+            rejected=rejected,
+            infos=infos,
+            prints=prints.finish() if analyzed else [],
+            images=sorted(kept, key=lambda t: t[0]),
+        )
+
+
 def _check_case_conflicts(classes: set[str]) -> None:
     """Refuse class folders whose names differ only in case (``cat``, ``Cat``, ``CAT``).
 
@@ -458,9 +560,11 @@ def _move(src: Path, dest: Path, root: Path) -> str | None:
 def _write_manifest(dest_dir: Path, placed: _Placed, report: DatasetReport) -> None:
     manifest = {
         "version": MANIFEST_VERSION,
+        "kind": report.kind,
         "classes": placed.classes,
         "train": [[rel, cls] for rel, cls, _ in placed.train],
         "val": [[rel, cls] for rel, cls, _ in placed.val],
+        "images": [rel for rel, _, _ in placed.images],
         "report": report.to_dict(),
     }
     tmp = dest_dir / f".{MANIFEST_NAME}.tmp"

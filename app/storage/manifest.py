@@ -8,13 +8,23 @@ point the worker outside the dataset folder.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from app.errors import ServiceError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+
+# A labelled dataset has classes (folders or labels.csv) and train/val splits; an unlabeled one
+# only images, for domain adaptation's target domain. Manifests written before kinds existed
+# have no "kind" and are labelled.
+DatasetKind = Literal["labelled", "unlabeled"]
+LABELLED: DatasetKind = "labelled"
+UNLABELED: DatasetKind = "unlabeled"
+DATASET_KINDS: tuple[str, ...] = (LABELLED, UNLABELED)
+UNLABELED_DIR = "images"  # where an unlabeled dataset's images are, under the dataset dir
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,12 @@ class DatasetManifest:
     classes: list[str]
     train: list[tuple[str, str]]  # (path relative to the dataset dir, class name)
     val: list[tuple[str, str]]
+    kind: DatasetKind = LABELLED
+    images: list[str] = field(default_factory=list)  # an unlabeled dataset's, relative paths
+
+    def all_paths(self) -> list[str]:
+        """Every image's relative path, whatever the kind (a target domain's pool)."""
+        return [rel for rel, _ in self.train] + [rel for rel, _ in self.val] + self.images
 
 
 class DatasetCorrupt(ServiceError):
@@ -45,19 +61,28 @@ def load_manifest(dataset_dir: Path) -> DatasetManifest:
                 if cls not in known or not _is_safe_relpath(rel, split):
                     raise ValueError(f"bad {split} entry {rel!r} ({cls!r})")
             lists[split] = items
+        kind = data.get("kind", LABELLED)
+        if kind not in DATASET_KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        images = [str(p) for p in data.get("images", [])]
+        for rel in images:
+            if not _is_safe_relpath(rel, UNLABELED_DIR, min_parts=2):
+                raise ValueError(f"bad image entry {rel!r}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetCorrupt(
             f"the dataset at {dataset_dir} has no readable manifest ({exc})",
             details={"path": str(path)},
         ) from exc
-    return DatasetManifest(classes=classes, train=lists["train"], val=lists["val"])
+    return DatasetManifest(
+        classes=classes, train=lists["train"], val=lists["val"], kind=kind, images=images
+    )
 
 
-def _is_safe_relpath(rel: str, split: str) -> bool:
+def _is_safe_relpath(rel: str, split: str, min_parts: int = 3) -> bool:
     path = PurePosixPath(rel)
     return (
         not path.is_absolute()
         and ".." not in path.parts
-        and len(path.parts) >= 3
+        and len(path.parts) >= min_parts
         and path.parts[0] == split
     )

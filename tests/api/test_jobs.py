@@ -46,7 +46,7 @@ def test_unknown_strategy_lists_the_choices(client, settings, dataset_id):
     assert r.status_code == 422
     assert error_code(r) == "unknown_strategy"
     assert r.json()["error"]["details"]["choices"] == [
-        *engine.list_strategies(needs_target=False),
+        *engine.list_strategies(),
         "extract_features",
     ]
     assert "finetune" in r.json()["error"]["message"]
@@ -128,7 +128,7 @@ def test_unknown_job_is_404(client):
 
 def test_api_strategies_agree_with_the_engine_registry(client):
     names = [s["name"] for s in client.get("/v1/strategies").json()]
-    assert names == [*engine.list_strategies(needs_target=False), "extract_features"]
+    assert names == [*engine.list_strategies(), "extract_features"]
     assert {"finetune", "linear_probe"} <= set(names)
 
 

@@ -12,6 +12,7 @@ DATASET_EXAMPLE: dict[str, Any] = {
     "name": "digits",
     "sha256": "9b1c0f...e2",
     "format": "zip",
+    "kind": "labelled",
     "num_classes": 2,
     "num_images": 20,
     "size_bytes": 10240,
@@ -54,6 +55,11 @@ class DatasetOut(ORMModel):
     name: str
     sha256: str = Field(description="sha256 over the accepted images' paths and bytes")
     format: str = Field(description="archive format: zip or tar")
+    kind: str = Field(
+        "labelled",
+        description="labelled (classes, splits) or unlabeled (images only, a domain-adaptation "
+        "target: its report has no classes, splits or leakage)",
+    )
     num_classes: int
     num_images: int
     size_bytes: int

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.schemas.common import ORMModel, UTCDateTime, as_utc
 from app.db.models import Job
@@ -29,6 +29,9 @@ JOB_EXAMPLE: dict[str, Any] = {
     "strategy": "finetune",
     "base_model": "timm:resnet18",
     "dataset_id": "3f8e4a52-3c1f-4f7b-9a53-2f0e2b7c9d11",
+    "target_dataset_id": None,
+    "labeled_target_dataset_id": None,
+    "eval_dataset_id": None,
     "spec": JOB_CREATE_EXAMPLE,
     "progress": {"epoch": 3, "total_epochs": 5, "step": 40, "total_steps": 120, "fraction": 0.4667},
     "latest_metrics": {
@@ -40,6 +43,9 @@ JOB_EXAMPLE: dict[str, Any] = {
         "learning_rate": 0.001,
         "images_per_second": 412.0,
         "seconds": 31.5,
+        "extra": {},
+        "eval_loss": None,
+        "eval_accuracy": None,
     },
     "error": None,
     "error_code": None,
@@ -74,6 +80,15 @@ class JobOut(ORMModel):
     strategy: str
     base_model: str
     dataset_id: uuid.UUID | None
+    target_dataset_id: uuid.UUID | None = Field(
+        None, description="domain adaptation: the target domain's images (dann and others)"
+    )
+    labeled_target_dataset_id: uuid.UUID | None = Field(
+        None, description="dann: labelled target images in the classification loss"
+    )
+    eval_dataset_id: uuid.UUID | None = Field(
+        None, description="a labelled set scored every epoch (eval_loss, eval_accuracy)"
+    )
     spec: dict[str, Any]
     progress: Progress
     latest_metrics: dict[str, Any] | None
@@ -121,6 +136,9 @@ class JobOut(ORMModel):
             strategy=job.strategy,
             base_model=job.base_model,
             dataset_id=job.dataset_id,
+            target_dataset_id=job.target_dataset_id,
+            labeled_target_dataset_id=job.labeled_target_dataset_id,
+            eval_dataset_id=job.eval_dataset_id,
             spec=job.spec,
             progress=Progress(
                 epoch=job.epoch,
@@ -153,6 +171,32 @@ class EpochMetricsOut(ORMModel):
     learning_rate: float
     images_per_second: float
     seconds: float
+    eval_loss: float | None = Field(
+        None, description="on the job's eval dataset (eval_dataset_id); null without one"
+    )
+    eval_accuracy: float | None = Field(
+        None, description="on the job's eval dataset (eval_dataset_id); null without one"
+    )
+    extra: dict[str, float] = Field(
+        default_factory=dict,
+        description="the strategy's own figures, means over the epoch: dann's domain_accuracy "
+        "(the domain discriminator's, near 0.5 once the features no longer tell source from "
+        "target), domain_loss and classification_loss",
+    )
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # epochs recorded before migration 0008
+
+
+DANN_EPOCH_EXAMPLE: dict[str, Any] = {
+    **JOB_EXAMPLE["latest_metrics"],
+    "phase": "train",
+    "eval_loss": 0.92,
+    "eval_accuracy": 0.71,
+    "extra": {"domain_accuracy": 0.58, "domain_loss": 0.68, "classification_loss": 0.35},
+}
 
 
 class JobMetricsOut(BaseModel):
@@ -161,7 +205,7 @@ class JobMetricsOut(BaseModel):
             "examples": [
                 {
                     "job_id": JOB_EXAMPLE["id"],
-                    "epochs": [JOB_EXAMPLE["latest_metrics"]],
+                    "epochs": [DANN_EPOCH_EXAMPLE],
                     "warnings": JOB_EXAMPLE["warnings"],
                 }
             ]

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas.common import SLUG_PATTERN, UTCDateTime
+from app.storage.datasets import DATASET_KINDS
 
 UPLOAD_CREATE_EXAMPLE: dict[str, Any] = {
     "size": 1073741824,
@@ -13,6 +14,7 @@ UPLOAD_CREATE_EXAMPLE: dict[str, Any] = {
     "filename": "pets.tar.gz",
     "name": "pets",
     "dedupe": "near",
+    "kind": "labelled",
 }
 
 UPLOAD_EXAMPLE: dict[str, Any] = {
@@ -20,6 +22,7 @@ UPLOAD_EXAMPLE: dict[str, Any] = {
     "filename": "pets.tar.gz",
     "name": "pets",
     "dedupe": "near",
+    "kind": "labelled",
     "size": 1073741824,
     "part_size": 8388608,
     "status": "open",
@@ -50,6 +53,16 @@ class UploadCreate(BaseModel):
     dedupe: Literal["none", "exact", "near"] = Field(
         "none", description="as for POST /v1/datasets, applied when the upload completes"
     )
+    kind: str = Field(
+        "labelled",
+        max_length=32,
+        description="as for POST /v1/datasets: labelled, or unlabeled (images in any folder "
+        "layout, a domain-adaptation target); anything else is 422 invalid_dataset_kind",
+        examples=["unlabeled"],
+        # Documented as the two values (clients and fuzzers see them); checked by the service,
+        # so that anything else is 422 invalid_dataset_kind rather than a validation_error.
+        json_schema_extra={"enum": list(DATASET_KINDS)},
+    )
 
 
 class PartOut(BaseModel):
@@ -69,6 +82,7 @@ class UploadOut(BaseModel):
     filename: str
     name: str | None
     dedupe: str
+    kind: str = Field("labelled", description="the kind of dataset it completes into")
     size: int
     part_size: int
     status: Literal["open", "completed"]

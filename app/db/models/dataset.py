@@ -19,6 +19,8 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     format: Mapped[str] = mapped_column(String(8))
+    # "labelled" (classes and splits) or "unlabeled" (images only: a domain-adaptation target).
+    kind: Mapped[str] = mapped_column(String(16), default="labelled", server_default="labelled")
     num_classes: Mapped[int] = mapped_column(Integer)
     num_images: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)

@@ -35,6 +35,19 @@ class Job(Base):
     dataset_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("datasets.id", ondelete="SET NULL"), index=True
     )
+    # Domain adaptation (migration 0008): the target domain's images (dann,
+    # instance_weighting), a few labelled target images (dann), and a labelled set scored every
+    # epoch. Like dataset_id they outlive their dataset as NULL; a dataset in any of these roles
+    # of a queued or running job cannot be deleted.
+    target_dataset_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True, default=None
+    )
+    labeled_target_dataset_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True, default=None
+    )
+    eval_dataset_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True, default=None
+    )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 

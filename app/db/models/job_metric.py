@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, utcnow
@@ -25,4 +26,9 @@ class JobMetric(Base):
     learning_rate: Mapped[float] = mapped_column(Float)
     images_per_second: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    # On the job's eval dataset, when it has one (migration 0008).
+    eval_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    eval_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    # The strategy's own figures of the epoch (dann: domain_accuracy, domain_loss, ...).
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -23,6 +23,8 @@ class Upload(Base):
     filename: Mapped[str] = mapped_column(String(300))
     name: Mapped[str | None] = mapped_column(String(100), default=None)
     dedupe: Mapped[str] = mapped_column(String(8), default="none")
+    # The dataset kind it completes into: labelled or unlabeled (migration 0008).
+    kind: Mapped[str] = mapped_column(String(16), default="labelled", server_default="labelled")
     size: Mapped[int] = mapped_column(BigInteger)  # total bytes, declared when created
     part_size: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | completed

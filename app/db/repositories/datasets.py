@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
@@ -28,12 +28,29 @@ def add(session: Session, dataset: Dataset) -> Dataset:
     return dataset
 
 
-def active_job_ids(session: Session, dataset_id: uuid.UUID) -> list[uuid.UUID]:
-    return list(
-        session.scalars(
-            select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
+# The job columns that name a dataset, by the role the API calls it.
+JOB_DATASET_ROLES = {
+    "dataset_id": Job.dataset_id,
+    "target_dataset_id": Job.target_dataset_id,
+    "labeled_target_dataset_id": Job.labeled_target_dataset_id,
+    "eval_dataset_id": Job.eval_dataset_id,
+}
+
+
+def active_job_roles(session: Session, dataset_id: uuid.UUID) -> dict[uuid.UUID, list[str]]:
+    """Queued or running jobs that use the dataset in any role: {job id: [roles]}."""
+    columns = list(JOB_DATASET_ROLES.values())
+    rows = session.execute(
+        select(Job.id, *columns).where(
+            or_(*(column == dataset_id for column in columns)),
+            Job.status.in_(ACTIVE_STATUSES),
         )
-    )
+    ).all()
+    roles = list(JOB_DATASET_ROLES)
+    return {
+        row[0]: [role for role, value in zip(roles, row[1:], strict=True) if value == dataset_id]
+        for row in rows
+    }
 
 
 def delete(session: Session, dataset: Dataset) -> None:
