@@ -9,7 +9,7 @@ from app.api.auth import require_scope
 from app.api.schemas.common import error_responses
 from app.engine import list_backbones as list_timm_backbones
 from app.services.job_kinds import list_job_kinds
-from app.services.jobs import LABELED_TARGET_STRATEGIES, strategies_using_target
+from app.services.jobs import strategies_using_labeled_target, strategies_using_target
 
 router = APIRouter(
     prefix="/v1",
@@ -62,13 +62,14 @@ class BackbonesOut(BaseModel):
 )
 def list_strategies() -> list[StrategyOut]:
     adapting = set(strategies_using_target())
+    labeled_takers = set(strategies_using_labeled_target())
     return [
         StrategyOut(
             name=name,
             kind=kind.name,
             options=kind.options(name),
             needs_target=name in adapting,
-            takes_labeled_target=name in LABELED_TARGET_STRATEGIES,
+            takes_labeled_target=name in labeled_takers,
         )
         for kind in list_job_kinds()
         for name in kind.strategies()

@@ -40,11 +40,6 @@ class NoFeatures(Conflict):
     code = "no_features"
 
 
-# The strategies that put labelled target images (labeled_target_dataset_id) into their
-# classification loss; the engine's other target-using strategies ignore them.
-LABELED_TARGET_STRATEGIES = ("dann",)
-
-
 class BrokerUnavailable(ServiceError):
     status_code = 503
     code = "broker_unavailable"
@@ -155,6 +150,12 @@ def strategies_using_target() -> list[str]:
     return engine.list_strategies(needs_target=True)
 
 
+def strategies_using_labeled_target() -> list[str]:
+    """The strategies that put labelled target images (labeled_target_dataset_id) into their
+    loss (engine ``Strategy.uses_target_labeled``)."""
+    return engine.list_strategies(uses_target_labeled=True)
+
+
 def _dataset_in(session: Session, spec: dict[str, Any], field: str) -> Dataset | None:
     value = spec.get(field)
     if value is None:
@@ -224,15 +225,14 @@ def check_job_datasets(
             details={"field": "target_dataset_id", "choices": adapting},
         )
     if labeled is not None:
-        if strategy not in LABELED_TARGET_STRATEGIES:
+        takers = strategies_using_labeled_target()
+        if strategy not in takers:
             raise InvalidInput(
-                f"labeled_target_dataset_id is only used by "
-                f"{', '.join(LABELED_TARGET_STRATEGIES)}, not by {strategy!r}; remove it or "
-                "change the strategy",
+                f"labeled_target_dataset_id is only used by {', '.join(takers)}, not by "
+                f"{strategy!r}; remove it or change the strategy",
                 code="labeled_target_not_supported",
-                details={"field": "labeled_target_dataset_id",
-                         "choices": list(LABELED_TARGET_STRATEGIES)},
-            )  # fmt: skip
+                details={"field": "labeled_target_dataset_id", "choices": takers},
+            )
         _require_labelled(labeled, "labeled_target_dataset_id", "its labels enter the loss")
         _require_known_classes(labeled, "labeled_target_dataset_id", source)
     if evaluation is not None:

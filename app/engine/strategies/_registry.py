@@ -32,13 +32,17 @@ def register_strategy(name: str) -> Callable[[S], S]:
     return decorator
 
 
-def list_strategies(*, needs_target: bool | None = None) -> list[str]:
+def list_strategies(
+    *, needs_target: bool | None = None, uses_target_labeled: bool | None = None
+) -> list[str]:
     """Registered strategy names; ``needs_target`` keeps only those that do (or do not) train
-    with target-domain images."""
+    with target-domain images, ``uses_target_labeled`` those that do (or do not) put labelled
+    target images into their loss."""
     return sorted(
         name
         for name, cls in _strategies.items()
-        if needs_target is None or cls.needs_target == needs_target
+        if (needs_target is None or cls.needs_target == needs_target)
+        and (uses_target_labeled is None or cls.uses_target_labeled == uses_target_labeled)
     )
 
 
