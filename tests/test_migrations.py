@@ -183,3 +183,38 @@ def test_0008_makes_existing_datasets_labelled_and_keeps_old_epochs_readable(tmp
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM job_metrics")).scalar_one() == 1
     engine.dispose()
+
+
+def test_0009_takes_the_version_numbers_given_so_far(tmp_path):
+    """After 0009 the next version of a name follows the largest it had; new names start at 1."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from app.db.repositories import models as models_repo
+    from app.db.session import Database
+
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    command.upgrade(alembic_config(url), "0008")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for version in (1, 4):
+            conn.execute(
+                text(
+                    "INSERT INTO model_versions (id, name, version, base_model, strategy,"
+                    " class_names, metrics, lineage, artifact_key, created_at) VALUES (:id, 'm',"
+                    " :v, 'timm:x', 'finetune', '[]', '{}', '{}', 'models/x', '2026-11-29')"
+                ),
+                {"id": uuid.uuid4().hex, "v": version},
+            )
+    upgrade(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name, last_version FROM model_names")).all() == [("m", 4)]
+    engine.dispose()
+    db = Database(url)
+    with db.session_scope() as session:
+        assert models_repo.next_version(session, "m") == 5
+        assert models_repo.next_version(session, "m") == 6
+        assert models_repo.next_version(session, "new") == 1
+    db.dispose()
+    command.downgrade(alembic_config(url), "0008")

@@ -166,3 +166,18 @@ def test_registry_writes_need_train_and_reads_need_read(settings):
         assert r.status_code == 200 and r.json()["updated_by"] == "ci-bot"
         assert c.get("/v1/models/pets/aliases/prod", headers=reader).status_code == 200
         assert c.get("/v1/models/pets@prod", headers=reader).status_code == 200
+
+
+def test_a_deleted_versions_number_is_never_given_again(client, settings):
+    # Found in review: deleting a name's newest version freed its number, so the next job made
+    # a different model answer to the same `pets:2` a deployment may have pinned.
+    register_version(settings, "pets")
+    v2 = register_version(settings, "pets", seed=1)
+    assert v2["version"] == 2
+    assert client.delete("/v1/models/pets:2").status_code == 204
+    v3 = register_version(settings, "pets", seed=2)
+    assert v3["version"] == 3
+    assert error_code(client.get("/v1/models/pets:2")) == "model_not_found"
+    assert client.get("/v1/models/pets:3").json()["id"] == v3["id"]
+    # Numbers are per name: another name starts at 1.
+    assert register_version(settings, "dogs")["version"] == 1

@@ -7,6 +7,7 @@ from app.db.models.job import Job, JobStatus
 from app.db.models.job_metric import JobMetric
 from app.db.models.model_alias import ModelAlias
 from app.db.models.model_alias_event import ModelAliasEvent
+from app.db.models.model_name import ModelName
 from app.db.models.model_tag import ModelTag
 from app.db.models.model_version import ModelVersion
 from app.db.models.registry_state import RegistryState
@@ -21,6 +22,7 @@ __all__ = [
     "JobStatus",
     "ModelAlias",
     "ModelAliasEvent",
+    "ModelName",
     "ModelTag",
     "ModelVersion",
     "RegistryState",

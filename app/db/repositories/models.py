@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import ModelTag, ModelVersion
+from app.db.models import ModelName, ModelTag, ModelVersion
 from app.db.repositories._paging import paginate
 
 
@@ -58,9 +58,24 @@ def list_(
 
 
 def next_version(session: Session, name: str) -> int:
+    """Hand out the next version number under ``name``: never one given before, even when that
+    version was deleted (model_names keeps the last one). Two transactions making the first
+    version of a new name at once collide on model_names' key: IntegrityError, which the caller
+    retries (as it does for a taken (name, version))."""
+    taken = session.scalar(
+        update(ModelName)
+        .where(ModelName.name == name)
+        .values(last_version=ModelName.last_version + 1)
+        .returning(ModelName.last_version)
+        .execution_options(synchronize_session=False)
+    )
+    if taken is not None:
+        return int(taken)
     current = session.scalar(
         select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
     )
+    session.add(ModelName(name=name, last_version=(current or 0) + 1))
+    session.flush()
     return (current or 0) + 1
 
 
