@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import asdict
@@ -52,8 +53,10 @@ class DatabaseProgress(Callback):
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         values = asdict(metrics)
-        # Plain floats for the JSON column (a strategy may hand over numpy or torch scalars).
-        values["extra"] = {str(k): float(v) for k, v in metrics.extra.items()}
+        # Plain floats for the JSON column (a strategy may hand over numpy or torch scalars);
+        # a non-finite one is left out, as JSON (and Postgres's json type) has no NaN.
+        extra = {str(k): float(v) for k, v in metrics.extra.items()}
+        values["extra"] = {k: v for k, v in extra.items() if math.isfinite(v)}
         if metrics.images_per_second:
             worker_metrics.IMAGES_PER_SECOND.set(metrics.images_per_second)
         with self.db.session_scope() as session:

@@ -117,3 +117,22 @@ def test_a_finetune_job_stores_no_extra(client, settings, db, ids, restore_torch
     assert execute_job(uuid.UUID(job_id), one_thread, db) == "succeeded"
     (epoch,) = client.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
     assert epoch["extra"] == {}
+
+
+def test_a_non_finite_figure_is_left_out_of_the_stored_epoch(client, db, ids):
+    # JSON has no NaN: stored, it made GET .../metrics a 500 (and Postgres's json type refuses
+    # it on the write, failing the job).
+    from app.engine import EpochMetrics
+    from worker.progress import DatabaseProgress
+
+    job_id = submit(client, ids)
+    figures = {"domain_accuracy": 0.5, "domain_loss": float("nan"), "odd": float("inf")}
+    DatabaseProgress(db, uuid.UUID(job_id), interval_s=0, attempt=1).on_epoch_end(
+        EpochMetrics(
+            epoch=1, phase="train", train_loss=1.0, val_loss=1.0, val_accuracy=0.5,
+            learning_rate=0.01, images_per_second=10.0, seconds=1.0, extra=figures,
+        )
+    )  # fmt: skip
+    r = client.get(f"/v1/jobs/{job_id}/metrics")
+    assert r.status_code == 200, r.text
+    assert r.json()["epochs"][0]["extra"] == {"domain_accuracy": 0.5}
