@@ -343,7 +343,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--source-images", type=int, default=2000)
     parser.add_argument("--val-images", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--few-epochs", type=int, default=15, help="finetune on few labels")
