@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,11 +25,16 @@ class StrategyOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"name": "finetune", "kind": "train", "options": ["freeze_stages"],
+                {"name": "finetune", "kind": "train",
+                 "summary": "parameter-based transfer: start from the source weights and ...",
+                 "options": ["freeze_stages"], "defaults": {"freeze_stages": 0},
                  "needs_target": False, "takes_labeled_target": False},
                 {"name": "dann", "kind": "train",
+                 "summary": "domain-adversarial fine-tuning: ...",
                  "options": ["freeze_stages", "trade_off", "discriminator_hidden",
                              "lambda_schedule"],
+                 "defaults": {"freeze_stages": 0, "trade_off": 1.0,
+                              "discriminator_hidden": 1024, "lambda_schedule": "ganin"},
                  "needs_target": True, "takes_labeled_target": True},
             ]
         }
@@ -35,7 +42,13 @@ class StrategyOut(BaseModel):
 
     name: str
     kind: str = Field(description="the kind of job this strategy makes: train, extract_features")
+    summary: str = Field("", description="what the strategy does, in one line")
     options: list[str]
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="each option's default; null where the engine decides from the job (e.g. "
+        "lp_ft's probe_epochs: half of epochs)",
+    )
     needs_target: bool = Field(
         False,
         description="adapts to a target domain: a job needs target_dataset_id (and may not "
@@ -67,7 +80,9 @@ def list_strategies() -> list[StrategyOut]:
         StrategyOut(
             name=name,
             kind=kind.name,
+            summary=kind.summary(name),
             options=kind.options(name),
+            defaults=kind.defaults(name),
             needs_target=name in adapting,
             takes_labeled_target=name in labeled_takers,
         )

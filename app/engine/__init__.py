@@ -21,7 +21,12 @@ from app.engine.specs import (
     TrainResult,
     check_batch_memory,
 )
-from app.engine.strategies import list_strategies, strategy_option_names
+from app.engine.strategies import (
+    list_strategies,
+    strategy_defaults,
+    strategy_option_names,
+    strategy_summary,
+)
 from app.engine.train import check_job, run_training
 
 __all__ = [
@@ -54,6 +59,8 @@ __all__ = [
     "predict_with",
     "run_training",
     "save_artifact",
+    "strategy_defaults",
     "strategy_option_names",
+    "strategy_summary",
     "torch_forward",
 ]

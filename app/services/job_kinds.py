@@ -23,6 +23,8 @@ class JobKind:
     description: str
     strategies: Callable[[], list[str]]  # the `strategy` values that select this kind
     options: Callable[[str], list[str]]  # option names of one of those strategies
+    defaults: Callable[[str], dict[str, Any]]  # {option: default}, None where the job decides
+    summary: Callable[[str], str]  # one line for users about one of those strategies
     # What the engine can check without a model or data: raises engine.EngineError.
     check: Callable[[str, dict[str, Any], engine.Hyperparameters], None]
     total_epochs: Callable[[engine.Hyperparameters], int]
@@ -70,6 +72,8 @@ TRAIN = register_job_kind(
         # it in target_dataset_id (app.services.jobs.check_job_datasets).
         strategies=lambda: engine.list_strategies(),
         options=engine.strategy_option_names,
+        defaults=engine.strategy_defaults,
+        summary=engine.strategy_summary,
         check=_check_training,
         total_epochs=lambda hp: hp.epochs,
         makes_model=True,
@@ -81,6 +85,11 @@ EXTRACT_FEATURES = register_job_kind(
         description="embed every image of the dataset with the base model; a download, no model",
         strategies=lambda: [engine.FEATURE_JOB],
         options=lambda _: list(engine.FEATURE_JOB_OPTIONS),
+        defaults=lambda _: {"features": "pre_logits"},
+        summary=lambda _: (
+            "not a training strategy: embed every image of the dataset with the base model "
+            "(GET /v1/jobs/{id}/features); makes no model version"
+        ),
         check=_check_features,
         total_epochs=lambda _: 1,  # one pass, whatever `epochs` says
         makes_model=False,

@@ -189,3 +189,18 @@ def test_option_values_that_cannot_work_are_422(
     assert needle in r.json()["error"]["message"]
     assert queued_messages(settings) == []
     assert client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_every_strategy_says_what_it_does_and_its_defaults(client):
+    listed = {s["name"]: s for s in client.get("/v1/strategies").json()}
+    for name, entry in listed.items():
+        assert len(entry["summary"]) > 20, name
+        assert list(entry["defaults"]) == entry["options"], name
+    dann = listed["dann"]
+    assert "gradient reversal" in dann["summary"] and dann["needs_target"]
+    assert dann["defaults"]["trade_off"] == 1.0
+    assert dann["defaults"]["lambda_schedule"] == "ganin"
+    # None where the job decides; tuples travel as lists.
+    assert listed["lp_ft"]["defaults"]["probe_epochs"] is None
+    assert listed["finetune"]["defaults"]["freeze_patterns"] == []
+    assert listed["l2sp"]["defaults"]["orthogonal"] == 0.0

@@ -12,7 +12,9 @@ from app.engine.strategies._registry import (
     create_strategy,
     list_strategies,
     register_strategy,
+    strategy_defaults,
     strategy_option_names,
+    strategy_summary,
 )
 
 __all__ = [
@@ -22,5 +24,7 @@ __all__ = [
     "create_strategy",
     "list_strategies",
     "register_strategy",
+    "strategy_defaults",
     "strategy_option_names",
+    "strategy_summary",
 ]

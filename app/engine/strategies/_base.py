@@ -65,6 +65,7 @@ class Strategy(abc.ABC):
     """A way to adapt a backbone to a new task. Subclasses are ``@dataclass(frozen=True)``."""
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for users, given to register_strategy
     # Whether the strategy trains with target-domain images (DatasetSplits.target).
     needs_target: ClassVar[bool] = False
     # Whether it trains on labelled target images (DatasetSplits.target_labeled): dann only.

@@ -15,7 +15,10 @@ S = TypeVar("S", bound=type[Strategy])
 _strategies: dict[str, type[Strategy]] = {}
 
 
-def register_strategy(name: str) -> Callable[[S], S]:
+def register_strategy(name: str, summary: str = "") -> Callable[[S], S]:
+    """Register a strategy class under ``name``; ``summary`` is one line for users (GET
+    /v1/strategies)."""
+
     def decorator(cls: S) -> S:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"strategy {name!r} must be a dataclass; its fields are its options")
@@ -26,6 +29,7 @@ def register_strategy(name: str) -> Callable[[S], S]:
                 stacklevel=2,
             )
         cls.name = name
+        cls.summary = summary
         _strategies[name] = cls
         return cls
 
@@ -57,6 +61,20 @@ def _get(name: str) -> type[Strategy]:
 
 def strategy_option_names(name: str) -> list[str]:
     return [f.name for f in dataclasses.fields(_get(name))]  # type: ignore[arg-type]
+
+
+def strategy_summary(name: str) -> str:
+    return _get(name).summary
+
+
+def strategy_defaults(name: str) -> dict[str, Any]:
+    """Each option's default as JSON would carry it (tuples as lists); None where the engine
+    chooses from the job (e.g. lp_ft's probe_epochs: half of epochs)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(_get(name)):  # type: ignore[arg-type]
+        value = f.default if f.default is not dataclasses.MISSING else None
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def create_strategy(name: str, **options: Any) -> Strategy:

@@ -187,7 +187,14 @@ def target_pool(ctx: FitContext) -> list[str]:
     return [*ctx.target, *(path for path, _ in ctx.target_labeled)]
 
 
-@register_strategy("dann")
+@register_strategy(
+    "dann",
+    summary=(
+        "domain-adversarial fine-tuning: the source's classification loss, and a domain "
+        "discriminator reached through a gradient reversal layer that makes source and target"
+        " features alike (Ganin et al. 2016); needs target_dataset_id"
+    ),
+)
 @dataclass(frozen=True)
 class Dann(FinetuneOptions):
     needs_target: ClassVar[bool] = True

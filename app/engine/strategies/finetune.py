@@ -59,7 +59,13 @@ class _Finetuning(FinetuneOptions):
         return FitOutcome(history, val.predictions, val.targets, evaluation=result.eval)
 
 
-@register_strategy("finetune")
+@register_strategy(
+    "finetune",
+    summary=(
+        "parameter-based transfer: start from the source weights and train all of them, or "
+        "the part the freezing options leave"
+    ),
+)
 @dataclass(frozen=True)
 class Finetune(_Finetuning):
     # A plain penalty towards zero on the trained weights (tensors of 2+ dimensions, as weight
@@ -134,13 +140,25 @@ class _StartingPoint(_Finetuning):
         return terms
 
 
-@register_strategy("l2sp")
+@register_strategy(
+    "l2sp",
+    summary=(
+        "fine-tuning with alpha/2 ||theta - theta_s||^2 toward the source weights and beta/2 "
+        "||theta_head||^2 on the new head (Li et al. 2018)"
+    ),
+)
 @dataclass(frozen=True)
 class L2SP(_StartingPoint):
     p: ClassVar[int] = 2
 
 
-@register_strategy("l1sp")
+@register_strategy(
+    "l1sp",
+    summary=(
+        "fine-tuning with alpha ||theta - theta_s||_1 toward the source weights (soft-"
+        "thresholded: many weights stay the source's)"
+    ),
+)
 @dataclass(frozen=True)
 class L1SP(_StartingPoint):
     """Soft-thresholds differences to the source: many weights stay exactly the source's.

@@ -93,7 +93,14 @@ def source_and_target_features(ctx: FitContext) -> tuple[torch.Tensor, torch.Ten
     return features[:n], features[n:]
 
 
-@register_strategy("instance_weighting")
+@register_strategy(
+    "instance_weighting",
+    summary=(
+        "fine-tuning on the source with each image weighted by its estimated density ratio "
+        "p_target(x)/p_source(x), from a domain classifier on frozen features; needs "
+        "target_dataset_id"
+    ),
+)
 @dataclass(frozen=True)
 class InstanceWeighting(FinetuneOptions):
     needs_target: ClassVar[bool] = True

@@ -41,7 +41,13 @@ DEFAULT_MLP_HIDDEN = 256
 MAX_MLP_HIDDEN = 16_384
 
 
-@register_strategy("linear_probe")
+@register_strategy(
+    "linear_probe",
+    summary=(
+        "feature-based transfer: a frozen backbone, its features computed once and cached, "
+        "only a new head trained"
+    ),
+)
 @dataclass(frozen=True)
 class LinearProbe(Strategy):
     # "linear", or "mlp": Linear(C, mlp_hidden) -> ReLU -> Dropout(mlp_dropout) -> Linear.

@@ -36,7 +36,13 @@ from app.engine.strategies._registry import register_strategy
 from app.engine.trainer import fit_phase
 
 
-@register_strategy("lp_ft")
+@register_strategy(
+    "lp_ft",
+    summary=(
+        "a linear probe on cached features, then fine-tuning of the whole network from there,"
+        " in one job (Kumar et al. 2022)"
+    ),
+)
 @dataclass(frozen=True)
 class LinearProbeThenFinetune(FinetuneOptions):
     # Epochs of the probe phase; the other epochs fine-tune. Default: half of them, rounded down.
