@@ -454,3 +454,39 @@ def test_domain_adaptation_in_the_dashboard(browser, embedded: Service, digits_z
     tab.forget_refusals(404)
     ok(cli(embedded, "models", "unalias", model["name"], "ui-prod"))
     tab.close()
+
+    # At a phone's width: the job's three charts and wide epoch table, and the model's eval card.
+    phone = Page(browser, embedded, 390, 844)
+    phone.sign_in()
+    pages = {
+        f"#/jobs/{job_id}": "#extra-chart .dot",
+        f"#/models/{model['id']}": "#eval-confusion svg",
+    }
+    for route, ready in pages.items():
+        phone.page.goto(f"{embedded.url}/ui/{route}")
+        phone.page.wait_for_selector(ready)
+        assert phone.fits_width(), route
+    phone.close()
+
+
+def test_a_jobs_warnings_show_on_its_page(browser, embedded: Service, leaky_zip):
+    with embedded.client() as c:
+        datasets = c.get("/v1/datasets", params={"limit": 100}).json()["items"]
+        leaky = next((d for d in datasets if d["name"] == "leaky"), None) or upload_file(
+            c, leaky_zip
+        )
+        spec = {"strategy": "finetune", "base_model": "timm:test_resnet", "pretrained": False,
+                "dataset_id": leaky["id"], "hyperparameters": {"epochs": 1}}  # fmt: skip
+        r = c.post("/v1/jobs", json=spec)
+        assert r.status_code == 202, r.text
+        job = r.json()
+    assert [w["code"] for w in job["warnings"]] == ["val_leakage"]  # fixed when it was created
+    tab = Page(browser, embedded, 1280, 800)
+    tab.sign_in()
+    tab.page.goto(f"{embedded.url}/ui/#/jobs/{job['id']}")
+    warning = tab.page.locator("#job-warnings li[data-code=val_leakage]")
+    warning.wait_for()
+    assert job["warnings"][0]["message"] in warning.inner_text()
+    with embedded.client() as c:
+        c.post(f"/v1/jobs/{job['id']}/cancel")
+    tab.close()
