@@ -35,9 +35,21 @@ def add_commands(sub: Any) -> None:
 
     d = sub.add_parser("datasets", help="upload and inspect datasets (via the API)")
     ds = d.add_subparsers(dest="action", required=True)
-    up = ds.add_parser("upload", parents=[common], help="upload a .zip/.tar of class folders")
+    up = ds.add_parser(
+        "upload",
+        parents=[common],
+        help="upload a .zip/.tar of class folders (or, unlabeled, images)",
+    )
     up.add_argument("path", type=Path)
     up.add_argument("--name", help="default: made from the file's name")
+    up.add_argument(
+        "--kind",
+        choices=["labelled", "unlabeled"],
+        help="unlabeled: images in any layout, no classes (a domain-adaptation target)",
+    )
+    up.add_argument(
+        "--dedupe", choices=["none", "exact", "near"], help="drop copies within a class"
+    )
     ds.add_parser("list", parents=[common], help="list datasets")
     ds.add_parser("show", parents=[common], help="a dataset and its report").add_argument("id")
 
@@ -45,6 +57,13 @@ def add_commands(sub: Any) -> None:
     js = j.add_subparsers(dest="action", required=True)
     sm = js.add_parser("submit", parents=[common], help="submit a training job")
     sm.add_argument("--dataset", required=True, help="dataset id")
+    sm.add_argument(
+        "--target-dataset", help="domain adaptation (dann, instance_weighting): the target's images"
+    )
+    sm.add_argument(
+        "--labeled-target-dataset", help="dann: labelled target images (semi-supervised)"
+    )
+    sm.add_argument("--eval-dataset", help="a labelled set scored every epoch and at the end")
     sm.add_argument("--base-model", default="timm:resnet18", help="timm:<name> or model:<id>")
     sm.add_argument("--strategy", default="finetune", help="GET /v1/strategies lists them")
     sm.add_argument(
@@ -80,7 +99,20 @@ def add_commands(sub: Any) -> None:
     ms = m.add_subparsers(dest="action", required=True)
     ml = ms.add_parser("list", parents=[common], help="list model versions")
     ml.add_argument("--name", help="only versions of this model")
-    ms.add_parser("show", parents=[common], help="metrics, classes, lineage").add_argument("id")
+    ms.add_parser("show", parents=[common], help="metrics, classes, lineage").add_argument(
+        "id", help="a version id, name:version or name@alias"
+    )
+    al = ms.add_parser("alias", parents=[common], help="point NAME@ALIAS at a version (set/move)")
+    al.add_argument("name")
+    al.add_argument("alias")
+    al.add_argument("version", help="a version number or a version id")
+    ua = ms.add_parser("unalias", parents=[common], help="remove the alias NAME@ALIAS")
+    ua.add_argument("name")
+    ua.add_argument("alias")
+    for action, about in (("tag", "tag a version"), ("untag", "remove a tag from a version")):
+        tg = ms.add_parser(action, parents=[common], help=about)
+        tg.add_argument("ref", help="a version id, name:version or name@alias")
+        tg.add_argument("tag")
     dl = ms.add_parser("download", parents=[common], help="save model.safetensors + model.json")
     dl.add_argument("id")
     dl.add_argument("-o", "--output", type=Path, help="a file or folder (default: here)")
@@ -115,13 +147,12 @@ def _dispatch(client: Client, args: argparse.Namespace, out: Console, err: Conso
     result: Any
     if command == "datasets":
         if action == "upload":
+            fields = {"name": args.name, "kind": args.kind, "dedupe": args.dedupe}
             if args.json:
-                result = client.upload_dataset(args.path, name=args.name)
+                result = client.upload_dataset(args.path, **fields)
             else:
                 with render.upload_progress(err, args.path) as on_progress:
-                    result = client.upload_dataset(
-                        args.path, name=args.name, on_progress=on_progress
-                    )
+                    result = client.upload_dataset(args.path, **fields, on_progress=on_progress)
             return _show(out, args, result, render.dataset)
         if action == "list":
             return _show(out, args, client.list_datasets(), render.datasets)
@@ -151,6 +182,24 @@ def _dispatch(client: Client, args: argparse.Namespace, out: Console, err: Conso
         return _show(out, args, client.list_models(name=args.name), render.models)
     if action == "show":
         return _show(out, args, client.get_model(args.id), render.model)
+    if action == "alias":
+        number = args.version.isdigit()
+        alias = client.set_alias(
+            args.name,
+            args.alias,
+            version=int(args.version) if number else None,
+            model_id=None if number else args.version,
+        )
+        return _show(out, args, alias, render.alias)
+    if action == "unalias":
+        client.remove_alias(args.name, args.alias)
+        if args.json:
+            return _print_json(out, {"removed": f"{args.name}@{args.alias}"})
+        out.print(f"removed {args.name}@{args.alias}")
+        return 0
+    if action in ("tag", "untag"):
+        change = client.tag_model if action == "tag" else client.untag_model
+        return _show(out, args, change(args.ref, args.tag), render.labels)
     if action == "download":
         path = client.download_model(args.id, args.output)
         if args.json:
@@ -180,6 +229,13 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_id": args.dataset,
         "hyperparameters": hyperparameters,
     }
+    for key, value in (
+        ("target_dataset_id", args.target_dataset),
+        ("labeled_target_dataset_id", args.labeled_target_dataset),
+        ("eval_dataset_id", args.eval_dataset),
+    ):
+        if value:
+            spec[key] = value
     if args.option:
         spec["options"] = _pairs(args.option, "--option")
     if args.name:
@@ -208,6 +264,7 @@ def _wait(client: Client, job_id: str, args: argparse.Namespace, out: Console, e
         with render.JobProgress(err) as progress:
             job = client.wait(job_id, on_event=progress.update)
         render.job(out, job)
+        render.metrics_table(out, client.job_metrics(job_id))
     if job["status"] == "succeeded":
         return 0
     reason = job.get("error") or "cancelled"

@@ -122,11 +122,20 @@ class Client:
         path: str | Path,
         *,
         name: str | None = None,
+        kind: str | None = None,
+        dedupe: str | None = None,
         idempotency_key: str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
-        """Upload a .zip/.tar/.tar.gz of class folders; the dataset with its report."""
+        """Upload a .zip/.tar/.tar.gz of class folders (``kind="unlabeled"``: images in any
+        layout, a domain-adaptation target); ``dedupe`` is none, exact or near. The dataset with
+        its report."""
         path = Path(path)
+        fields = {
+            key: value
+            for key, value in (("name", name), ("kind", kind), ("dedupe", dedupe))
+            if value
+        }
         total = path.stat().st_size
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with path.open("rb") as fh:
@@ -135,7 +144,7 @@ class Client:
                 "POST",
                 "/v1/datasets",
                 files={"file": (path.name, body, "application/octet-stream")},
-                data={"name": name} if name else {},
+                data=fields,
                 headers=headers,
                 # An upload of gigabytes takes longer than any fixed read timeout; the server
                 # answers once it has checked every image.
@@ -155,7 +164,9 @@ class Client:
     def submit_job(
         self, spec: dict[str, Any], *, idempotency_key: str | None = None
     ) -> dict[str, Any]:
-        """POST /v1/jobs with a job spec (strategy, base_model, dataset_id, hyperparameters)."""
+        """POST /v1/jobs with a job spec (strategy, base_model, dataset_id, hyperparameters; and
+        target_dataset_id, labeled_target_dataset_id, eval_dataset_id, options as the strategy
+        takes them: ``strategies()`` says which)."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._json("POST", "/v1/jobs", json=spec, headers=headers)
 
@@ -229,7 +240,31 @@ class Client:
         return self._json("GET", "/v1/models", params=params)
 
     def get_model(self, model_id: str) -> dict[str, Any]:
+        """A version by id, ``name:version`` or ``name@alias``."""
         return self._json("GET", f"/v1/models/{model_id}")
+
+    # Registry: aliases (name@alias) and tags
+    def set_alias(
+        self, name: str, alias: str, *, version: int | None = None, model_id: str | None = None
+    ) -> dict[str, Any]:
+        """Point ``name@alias`` at a version (by number or id); creates or moves the alias."""
+        if (version is None) == (model_id is None):
+            raise ValueError("give exactly one of version and model_id")
+        target = {"version": version} if version is not None else {"model_id": model_id}
+        return self._json("PUT", f"/v1/models/{name}/aliases/{alias}", json=target)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        self._request("DELETE", f"/v1/models/{name}/aliases/{alias}")
+
+    def list_aliases(self, name: str) -> list[dict[str, Any]]:
+        return self._json("GET", f"/v1/models/{name}/aliases")
+
+    def tag_model(self, ref: str, tag: str) -> dict[str, Any]:
+        """Tag a version (an id, name:version or name@alias); the version with its tags."""
+        return self._json("PUT", f"/v1/models/{ref}/tags/{tag}")
+
+    def untag_model(self, ref: str, tag: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/models/{ref}/tags/{tag}")
 
     def download_model(self, model_id: str, dest: str | Path | None = None) -> Path:
         """Save the model's zip (model.safetensors + model.json); to ``dest`` (a file or a

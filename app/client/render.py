@@ -74,11 +74,15 @@ def upload_progress(console: Console, path: Path) -> Iterator[Callable[[int, int
 
 
 def dataset(console: Console, ds: dict[str, Any]) -> None:
+    unlabeled = ds.get("kind") == "unlabeled"
+    classes = "unlabeled" if unlabeled else f"{ds['num_classes']} classes"
     console.print(
         f"dataset [bold]{ds['name']}[/bold] {ds['id']}: {ds['num_images']} images, "
-        f"{ds['num_classes']} classes, {ds['format']}, {ds['size_bytes']:,} bytes"
+        f"{classes}, {ds['format']}, {ds['size_bytes']:,} bytes"
     )
     report = ds.get("report") or {}
+    if unlabeled:
+        console.print("  a domain-adaptation target: no classes, splits or leakage")
     splits: dict[str, dict[str, int]] = report.get("splits") or {}
     table = _table("images per class")
     table.add_column("class")
@@ -86,7 +90,8 @@ def dataset(console: Console, ds: dict[str, Any]) -> None:
         table.add_column(split, justify="right")
     for name in report.get("classes") or []:
         table.add_row(name, *(str(splits[s].get(name, 0)) for s in splits))
-    console.print(table)
+    if not unlabeled:
+        console.print(table)
     rejected = report.get("rejected") or []
     if rejected:
         skipped = _table(f"{len(rejected)} files skipped")
@@ -219,12 +224,13 @@ def warnings_report(console: Console, warnings: list[dict[str, Any]]) -> None:
 def datasets(console: Console, page: dict[str, Any]) -> None:
     table = _table(f"datasets ({page['total']})")
     table.add_column("id", no_wrap=True, min_width=36)  # whole: it is what the user copies
-    for column in ("name", "images", "classes", "created"):
+    for column in ("name", "kind", "images", "classes", "created"):
         table.add_column(column)
     for ds in page["items"]:
+        kind = ds.get("kind", "labelled")
         table.add_row(
-            ds["id"], ds["name"], str(ds["num_images"]), str(ds["num_classes"]),
-            _when(ds["created_at"]),
+            ds["id"], ds["name"], kind, str(ds["num_images"]),
+            "-" if kind == "unlabeled" else str(ds["num_classes"]), _when(ds["created_at"]),
         )  # fmt: skip
     console.print(table)
 
@@ -235,12 +241,25 @@ def job(console: Console, j: dict[str, Any]) -> None:
         f"job [bold]{j['id']}[/bold] {_status(j['status'])}: {j['strategy']} on "
         f"{j['base_model']}, epoch {p['epoch']}/{p['total_epochs']} ({p['fraction']:.0%})"
     )
+    for label, key in (
+        ("target", "target_dataset_id"),
+        ("labelled target", "labeled_target_dataset_id"),
+        ("eval", "eval_dataset_id"),
+    ):
+        if j.get(key):
+            console.print(f"  {label} dataset {j[key]}")
     latest = j.get("latest_metrics") or {}
     if latest:
-        console.print(
+        line = (
             f"  val accuracy {_pct(latest.get('val_accuracy'))}, "
             f"train loss {latest.get('train_loss', float('nan')):.4f}"
         )
+        if latest.get("eval_accuracy") is not None:
+            line += f", eval accuracy {_pct(latest['eval_accuracy'])}"
+        extra = _extra(latest.get("extra") or {})
+        console.print(line + (f", {extra}" if extra else ""))
+    for w in j.get("warnings") or []:
+        console.print(f"  [yellow]warning {w['code']}[/yellow]: {escape(w['message'])}")
     if j.get("error"):
         console.print(f"  [red]{j.get('error_code')}[/red]: {j['error']}")
     if j.get("model_id"):
@@ -261,17 +280,51 @@ def jobs(console: Console, page: dict[str, Any]) -> None:
     console.print(table)
 
 
+# A strategy's own per-epoch figures (EpochMetricsOut.extra), in short: dann's are accuracies
+# and losses; anything else shows under its own name.
+EXTRA_LABELS = {
+    "domain_accuracy": "domain acc",
+    "domain_loss": "domain loss",
+    "classification_loss": "cls loss",
+    "target_classification_loss": "target cls loss",
+}
+
+
+def _figure(key: str, value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return _pct(value) if key.endswith("accuracy") else f"{value:.4f}"
+
+
+def _extra(extra: dict[str, Any]) -> str:
+    """``domain acc 52.0%, domain loss 0.6931, ...``: one line for a job's latest epoch."""
+    return ", ".join(f"{EXTRA_LABELS.get(k, k)} {_figure(k, v)}" for k, v in extra.items())
+
+
 def metrics_table(console: Console, epochs: list[dict[str, Any]]) -> None:
+    """One row per epoch; eval loss/acc when the job has an eval set, and the strategy's extra
+    figures (dann: domain accuracy, ...) as columns when it reports any."""
     if not epochs:
         return
+    with_eval = any(m.get("eval_accuracy") is not None for m in epochs)
+    extras = list(dict.fromkeys(k for m in epochs for k in m.get("extra") or {}))
     table = _table("per epoch")
-    for column in ("epoch", "phase", "train loss", "val loss", "val acc", "lr", "img/s", "s"):
+    columns = ["epoch", "phase", "train loss", "val loss", "val acc"]
+    columns += ["eval loss", "eval acc"] if with_eval else []
+    columns += [EXTRA_LABELS.get(k, k) for k in extras]
+    for column in (*columns, "lr", "img/s", "s"):
         table.add_column(column, justify="right")
     for m in epochs:
-        table.add_row(
+        cells = [
             str(m["epoch"]), m["phase"], f"{m['train_loss']:.4f}", f"{m['val_loss']:.4f}",
-            _pct(m["val_accuracy"]), f"{m['learning_rate']:.2g}",
-            f"{m['images_per_second']:.0f}", f"{m['seconds']:.1f}",
+            _pct(m["val_accuracy"]),
+        ]  # fmt: skip
+        if with_eval:
+            cells += [_figure("eval_loss", m.get("eval_loss")), _pct(m.get("eval_accuracy"))]
+        cells += [_figure(k, (m.get("extra") or {}).get(k)) for k in extras]
+        table.add_row(
+            *cells, f"{m['learning_rate']:.2g}", f"{m['images_per_second']:.0f}",
+            f"{m['seconds']:.1f}",
         )  # fmt: skip
     console.print(table)
 
@@ -313,6 +366,63 @@ def model(console: Console, m: dict[str, Any]) -> None:
         cells = [str(v) for v in matrix[i]] if show_matrix else []
         table.add_row(f"{i} {name}" if show_matrix else name, _pct(per_class.get(name)), *cells)
     console.print(table)
+    leak = metrics.get("val_leak_fraction")
+    if leak:
+        console.print(
+            f"[yellow]val leakage[/yellow]: {leak:.1%} of the validation images have a copy in "
+            "train, so val accuracy is optimistic"
+        )
+    evaluation = metrics.get("eval")
+    if evaluation:
+        eval_report(console, classes, evaluation)
+    pad = metrics.get("proxy_a_distance")
+    if pad:
+        console.print(
+            f"proxy A-distance (source vs target features, 0 = indistinguishable, 2 = apart): "
+            f"before {_figure('', pad.get('before'))}, after {_figure('', pad.get('after'))}"
+        )
+    weights = metrics.get("instance_weights")
+    if weights:
+        console.print(
+            "instance weights: min/p10/median/p90/max "
+            + "/".join(_figure("", weights.get(k)) for k in ("min", "p10", "median", "p90", "max"))
+            + f", effective sample size {_figure('', weights.get('effective_sample_size'))}"
+            + f" ({_pct(weights.get('effective_fraction'))} of the source)"
+        )
+
+
+def eval_report(console: Console, classes: list[str], evaluation: dict[str, Any]) -> None:
+    """The job's eval dataset scored with the final model: accuracy, per class, the matrix."""
+    console.print(
+        f"eval dataset: accuracy [bold]{_pct(evaluation.get('accuracy'))}[/bold] "
+        f"({evaluation.get('num_images', '?')} images)"
+    )
+    per_class = evaluation.get("per_class_accuracy") or {}
+    matrix = evaluation.get("confusion_matrix") or []
+    names = classes if len(matrix) == len(classes) else list(per_class)
+    show_matrix = bool(matrix) and len(matrix) == len(names) and len(names) <= 12
+    table = _table("eval per class (rows: true class, columns: predicted)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    if show_matrix:
+        for i in range(len(names)):
+            table.add_column(str(i), justify="right")
+    for i, name in enumerate(names):
+        cells = [str(v) for v in matrix[i]] if show_matrix else []
+        label = f"{i} {name}" if show_matrix else name
+        table.add_row(escape(label), _pct(per_class.get(name)), *cells)
+    console.print(table)
+
+
+def alias(console: Console, a: dict[str, Any]) -> None:
+    console.print(f"[bold]{a['ref']}[/bold] -> v{a['version']} ({a['model_id']})")
+
+
+def labels(console: Console, m: dict[str, Any]) -> None:
+    aliases = ", ".join(f"@{a}" for a in m.get("aliases") or []) or "none"
+    tags = ", ".join(m.get("tags") or []) or "none"
+    console.print(f"model [bold]{m['name']} v{m['version']}[/bold] {m['id']}")
+    console.print(f"  aliases: {aliases}; tags: {tags}")
 
 
 def predictions(console: Console, result: dict[str, Any]) -> None:
@@ -382,6 +492,11 @@ class JobProgress:
             )
         elif event.event == "metrics" and self.epochs is not None and self.steps is not None:
             self.info = f"loss {data['train_loss']:.4f}  val acc {_pct(data['val_accuracy'])}"
+            if data.get("eval_accuracy") is not None:
+                self.info += f"  eval acc {_pct(data['eval_accuracy'])}"
+            domain = (data.get("extra") or {}).get("domain_accuracy")
+            if domain is not None:
+                self.info += f"  domain acc {_pct(domain)}"
             self.progress.update(self.epochs, completed=data["epoch"], info=self.info)
         elif event.event == "end" and self.epochs is not None and self.steps is not None:
             self.progress.update(self.epochs, info=f"{self.info}  {data['status']}")

@@ -138,3 +138,81 @@ def test_errors_say_what_to_do(embedded: Service):
     assert result.returncode == 2 and "job_not_found" in result.stderr
     result = cli(embedded, "jobs", "list", url="http://127.0.0.1:9")
     assert result.returncode == 3 and "cannot reach the API" in result.stderr
+
+
+def test_domain_adaptation_and_the_registry_with_the_cli(
+    embedded: Service, digits_zip, unlabeled_zip
+):
+    # An unlabeled target (images in any layout), a labelled source and a labelled eval set.
+    target = json.loads(ok(cli(
+        embedded, "datasets", "upload", str(unlabeled_zip(count=16, name="cli-target.zip")),
+        "--kind", "unlabeled", "--dedupe", "exact", "--name", "cli-target", "--json",
+    )))  # fmt: skip
+    assert target["kind"] == "unlabeled" and target["num_images"] == 16
+    assert target["report"]["dedupe"]["mode"] == "exact"
+    out = ok(cli(embedded, "datasets", "show", target["id"]))
+    assert "16 images, unlabeled" in out and "images per class" not in out
+    listed = ok(cli(embedded, "datasets", "list"))
+    assert any("cli-target" in line and "unlabeled" in line for line in listed.splitlines())
+    source = json.loads(
+        ok(
+            cli(
+                embedded,
+                "datasets",
+                "upload",
+                str(digits_zip(classes=(0, 1, 2), per_class=8, name="cli-da-src.zip")),
+                "--json",
+            )
+        )
+    )
+    evaluation = json.loads(ok(cli(embedded, "datasets", "upload", str(
+        digits_zip(classes=(0, 2), per_class=4, name="cli-da-eval.zip")), "--json")))  # fmt: skip
+
+    # dann with the target and the eval set, followed live: the epoch table has the eval
+    # accuracy and the domain figures.
+    result = cli(
+        embedded, "jobs", "submit", "--dataset", source["id"], "--strategy", "dann", *TRAIN,
+        "--target-dataset", target["id"], "--eval-dataset", evaluation["id"], "--epochs", "2",
+        "--batch-size", "8", "--name", "cli-dann", "--wait",
+    )  # fmt: skip
+    out = ok(result)
+    assert "succeeded" in out and f"target dataset {target['id']}" in out
+    header = next(line for line in out.splitlines() if "train loss" in line)
+    assert "eval acc" in header and "domain acc" in header, out
+    job = json.loads(ok(cli(embedded, "jobs", "list", "--json")))["items"][0]
+    assert (job["strategy"], job["target_dataset_id"]) == ("dann", target["id"])
+    shown = json.loads(ok(cli(embedded, "jobs", "show", job["id"], "--json")))
+    assert all(m["eval_accuracy"] is not None for m in shown["metrics"])
+    assert all("domain_accuracy" in m["extra"] for m in shown["metrics"])
+    out = ok(cli(embedded, "jobs", "show", job["id"]))
+    assert "eval accuracy" in out and "domain acc" in out
+
+    # models show: the eval set's accuracy (the API's figure) and the proxy A-distance.
+    model = json.loads(ok(cli(embedded, "models", "show", job["model_id"], "--json")))
+    evaluated = model["metrics"]["eval"]
+    out = ok(cli(embedded, "models", "show", job["model_id"]))
+    assert (
+        f"eval dataset: accuracy {evaluated['accuracy']:.1%} ({evaluated['num_images']} images)"
+        in out
+    )
+    assert "eval per class" in out and "proxy A-distance" in out
+
+    # The registry: an alias set, moved to by name@alias, a tag on and off, the alias removed.
+    out = ok(cli(embedded, "models", "alias", "cli-dann", "staging", str(model["version"])))
+    assert f"cli-dann@staging -> v{model['version']}" in out
+    assert (
+        json.loads(ok(cli(embedded, "models", "show", "cli-dann@staging", "--json")))["id"]
+        == model["id"]
+    )
+    out = ok(cli(embedded, "models", "tag", "cli-dann@staging", "adapted"))
+    assert "tags: adapted" in out
+    with embedded.client() as c:
+        assert c.get(f"/v1/models/{model['id']}").json()["tags"] == ["adapted"]
+    ok(cli(embedded, "models", "untag", f"cli-dann:{model['version']}", "adapted"))
+    ok(cli(embedded, "models", "unalias", "cli-dann", "staging"))
+    with embedded.client() as c:
+        fresh = c.get(f"/v1/models/{model['id']}").json()
+        assert (fresh["aliases"], fresh["tags"]) == ([], [])
+        assert c.get("/v1/models/cli-dann@staging").status_code == 404
+    result = cli(embedded, "models", "unalias", "cli-dann", "staging")
+    assert result.returncode == 2 and "not_found" in result.stderr

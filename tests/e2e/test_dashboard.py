@@ -323,3 +323,170 @@ def test_the_pages_are_open_and_locked_down(embedded: Service):
     assert httpx.get(f"{embedded.url}/ui/app.js").status_code == 200
     assert httpx.get(f"{embedded.url}/ui").headers["location"] == "/ui/"
     assert httpx.get(f"{embedded.url}/v1/jobs").status_code == 401  # the data needs the key
+
+
+def test_domain_adaptation_in_the_dashboard(browser, embedded: Service, digits_zip, unlabeled_zip):
+    """A dann job from the form with an unlabeled target and an eval set uploaded through the
+    page: the eval accuracy beside the val accuracy, the domain accuracy, the eval confusion
+    matrix and the proxy A-distance; then the model opened by name@alias (the alias set with the
+    CLI) and by name:version from the lookup box."""
+    from tests.e2e.test_cli import cli, ok
+
+    tab = Page(browser, embedded, 1280, 800)
+    tab.sign_in()
+    page = tab.page
+    with embedded.client() as c:
+        path = digits_zip(classes=(0, 1, 2), per_class=8, name="ui-da-src.zip")
+        with path.open("rb") as fh:
+            r = c.post("/v1/datasets", files={"file": (path.name, fh)}, data={"name": "ui-dann"})
+        assert r.status_code == 201, r.text
+        source = r.json()
+
+    # The target through the page: kind unlabeled (and dedupe exact).
+    page.fill("#dataset-name", "ui-target")
+    page.select_option("#dataset-kind", "unlabeled")
+    page.select_option("#dataset-dedupe", "exact")
+    assert "any folder layout" in page.inner_text("#upload-status")
+    page.set_input_files("#dataset-drop input[type=file]", str(unlabeled_zip(16, "ui-tgt.zip")))
+    page.wait_for_selector("#dataset-kind-value:text-is('unlabeled')")
+    target_id = page.url.rsplit("/", 1)[1]
+    assert page.locator("#class-counts").count() == 0
+    # The eval set through the page: labelled, the default.
+    page.goto(f"{embedded.url}/ui/#/datasets")
+    page.wait_for_selector("#dataset-drop")
+    page.fill("#dataset-name", "ui-eval")
+    eval_zip = digits_zip(classes=(0, 2), per_class=4, name="ui-da-eval.zip")
+    page.set_input_files("#dataset-drop input[type=file]", str(eval_zip))
+    page.wait_for_selector("#class-counts svg")
+    eval_id = page.url.rsplit("/", 1)[1]
+    with embedded.client() as c:
+        target = c.get(f"/v1/datasets/{target_id}").json()
+        assert (target["kind"], target["report"]["dedupe"]["mode"]) == ("unlabeled", "exact")
+        assert c.get(f"/v1/datasets/{eval_id}").json()["kind"] == "labelled"
+    page.goto(f"{embedded.url}/ui/#/datasets")
+    row = page.locator("tr", has_text="ui-target")
+    row.first.wait_for()
+    assert row.first.locator("[data-kind=unlabeled]").count() == 1
+    tab.shot("datasets-kinds")
+
+    # The form: the target selectors follow the strategy; the eval set is always there.
+    page.goto(f"{embedded.url}/ui/#/jobs")
+    page.wait_for_selector("#job-form", state="attached")
+    if not page.locator("#job-form").is_visible():
+        page.click("details summary")
+    page.select_option("#job-form [name=strategy]", "finetune")
+    assert page.locator("#target-dataset").is_hidden()
+    assert page.locator("#labeled-target-dataset").is_hidden()
+    assert page.locator("#eval-dataset").is_visible()
+    eval_choices = page.locator("#eval-dataset option").evaluate_all("os => os.map(o => o.value)")
+    assert target_id not in eval_choices and eval_id in eval_choices  # labelled only
+    page.select_option("#job-form [name=strategy]", "dann")
+    assert page.locator("#target-dataset").is_visible()
+    assert page.locator("#labeled-target-dataset").is_visible()
+    page.select_option("#job-form [name=dataset_id]", source["id"])
+    page.select_option("#target-dataset", target_id)
+    page.select_option("#eval-dataset", eval_id)
+    page.fill("#job-form [name=base_model]", "timm:test_resnet")
+    page.uncheck("#job-form [name=pretrained]")
+    page.fill("#job-form [name=epochs]", "2")
+    page.fill("#job-form [name=image_size]", "32")
+    page.fill("#job-form [name=batch_size]", "8")
+    tab.shot("job-form-adaptation", until="#job-form")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_selector("#loss-chart")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("h1 .badge[data-status=succeeded]", timeout=240_000)
+    with embedded.client() as c:
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        epochs = c.get(f"/v1/jobs/{job_id}/metrics").json()["epochs"]
+    assert (job["target_dataset_id"], job["eval_dataset_id"]) == (target_id, eval_id)
+    assert job["labeled_target_dataset_id"] is None
+
+    # The job page: eval accuracy beside val accuracy, the domain accuracy in its own chart.
+    page.wait_for_function("() => document.querySelectorAll('#accuracy-chart .dot.s3').length == 2")
+    legend = page.text_content("#accuracy-chart")
+    assert "val accuracy" in legend and "eval accuracy" in legend
+    assert page.locator("#extra-card").is_visible()
+    assert page.locator("#extra-chart .dot").count() == 2
+    assert "domain accuracy" in page.text_content("#extra-chart")
+    header = page.text_content("#metrics-table thead")
+    assert "Eval acc" in header and "domain accuracy" in header
+    last = page.locator("#metrics-table tbody tr").nth(1).inner_text()
+    assert f"{epochs[1]['eval_accuracy'] * 100:.1f}%" in last
+    assert f"{epochs[1]['extra']['domain_accuracy'] * 100:.1f}%" in last
+    assert page.locator("#job-facts a[href='#/datasets/" + target_id + "']").count() == 1
+    assert "null" not in page.inner_text("main")
+    tab.shot("job-adaptation")
+
+    # The model page: the eval set's accuracy, per class and confusion matrix; the PAD.
+    page.click("#model-link")
+    page.wait_for_selector("#eval-confusion svg")
+    with embedded.client() as c:
+        model = c.get(f"/v1/models/{job['model_id']}").json()
+    evaluated = model["metrics"]["eval"]
+    assert page.inner_text("#eval-accuracy") == f"{evaluated['accuracy'] * 100:.1f}%"
+    n = len(evaluated["confusion_matrix"])
+    assert page.locator("#eval-confusion rect.cell").count() == n * n
+    assert f"on {evaluated['num_images']} images" in page.inner_text("#eval h2")
+    pad = model["metrics"]["proxy_a_distance"]
+    assert page.inner_text("#pad-before") == f"{pad['before']:.3f}"
+    assert page.inner_text("#pad-after") == f"{pad['after']:.3f}"
+    assert "null" not in page.inner_text("main")
+    page.locator("#eval").scroll_into_view_if_needed()
+    tab.shot("model-eval")
+
+    # An alias set with the CLI; the dashboard opens the version by name@alias.
+    ok(cli(embedded, "models", "alias", model["name"], "ui-prod", str(model["version"])))
+    page.goto(f"{embedded.url}/ui/#/models/{model['name']}@ui-prod")
+    page.wait_for_selector(f"#opened-by:has-text('{model['name']}@ui-prod')")
+    assert page.inner_text("main h1") == f"{model['name']} v{model['version']}"
+    assert page.locator("#model-labels [data-alias=ui-prod]").count() == 1
+    assert page.locator("#eval-confusion svg").count() == 1
+    # ... and from the lookup box on the models page, by name:version.
+    page.goto(f"{embedded.url}/ui/#/models")
+    page.fill("#model-ref", f"{model['name']}:{model['version']}")
+    page.click("#model-lookup button")
+    page.wait_for_selector(f"#opened-by:has-text('{model['name']}:{model['version']}')")
+    assert page.locator("#download").count() == 1
+    # An unknown reference: the API's error, on the page.
+    page.goto(f"{embedded.url}/ui/#/models/{model['name']}@nowhere")
+    page.wait_for_selector("main .error:has-text('not_found')")
+    tab.forget_refusals(404)
+    ok(cli(embedded, "models", "unalias", model["name"], "ui-prod"))
+    tab.close()
+
+    # At a phone's width: the job's three charts and wide epoch table, and the model's eval card.
+    phone = Page(browser, embedded, 390, 844)
+    phone.sign_in()
+    pages = {
+        f"#/jobs/{job_id}": "#extra-chart .dot",
+        f"#/models/{model['id']}": "#eval-confusion svg",
+    }
+    for route, ready in pages.items():
+        phone.page.goto(f"{embedded.url}/ui/{route}")
+        phone.page.wait_for_selector(ready)
+        assert phone.fits_width(), route
+    phone.close()
+
+
+def test_a_jobs_warnings_show_on_its_page(browser, embedded: Service, leaky_zip):
+    with embedded.client() as c:
+        datasets = c.get("/v1/datasets", params={"limit": 100}).json()["items"]
+        leaky = next((d for d in datasets if d["name"] == "leaky"), None) or upload_file(
+            c, leaky_zip
+        )
+        spec = {"strategy": "finetune", "base_model": "timm:test_resnet", "pretrained": False,
+                "dataset_id": leaky["id"], "hyperparameters": {"epochs": 1}}  # fmt: skip
+        r = c.post("/v1/jobs", json=spec)
+        assert r.status_code == 202, r.text
+        job = r.json()
+    assert [w["code"] for w in job["warnings"]] == ["val_leakage"]  # fixed when it was created
+    tab = Page(browser, embedded, 1280, 800)
+    tab.sign_in()
+    tab.page.goto(f"{embedded.url}/ui/#/jobs/{job['id']}")
+    warning = tab.page.locator("#job-warnings li[data-code=val_leakage]")
+    warning.wait_for()
+    assert job["warnings"][0]["message"] in warning.inner_text()
+    with embedded.client() as c:
+        c.post(f"/v1/jobs/{job['id']}/cancel")
+    tab.close()

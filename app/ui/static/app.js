@@ -14,7 +14,8 @@ const routes = [
   [/^#\/datasets$/, datasetsPage],
   [/^#\/jobs\/([\w-]+)$/, jobPage],
   [/^#\/jobs$/, jobsPage],
-  [/^#\/models\/([\w-]+)$/, modelPage],
+  // A version by id, name:version or name@alias (the API resolves the reference).
+  [/^#\/models\/([\w.:@%-]+)$/, modelPage],
   [/^#\/models$/, modelsPage],
   [/^#\/keys$/, keysPage],
 ];
@@ -58,7 +59,7 @@ async function route() {
     if (match) {
       view.replaceChildren(h("p", { class: "empty" }, "Loading…"));
       try {
-        await page(view, current.signal, ...match.slice(1));
+        await page(view, current.signal, ...match.slice(1).map(decodeURIComponent));
       } catch (error) {
         if (current.signal.aborted) return;
         view.replaceChildren(h("div", { class: "card" }, h("h1", {}, "Something went wrong"), h("p", { class: "error" }, errorText(error))));

@@ -6,7 +6,18 @@ import { h, SLUG, table, when, bytes, short, pct, toast, errorText, dropZone, ba
 export async function datasetsPage(view, signal) {
   const page = await api("/v1/datasets", { query: { limit: 100 } });
   const name = h("input", { name: "name", id: "dataset-name", placeholder: "default: from the file name", pattern: SLUG });
-  const status = h("p", { class: "muted", id: "upload-status" }, "A .zip or .tar with one folder per class (optionally under train/ and val/).");
+  const kind = h("select", { name: "kind", id: "dataset-kind" },
+    h("option", { value: "labelled" }, "labelled: a folder per class"),
+    h("option", { value: "unlabeled" }, "unlabeled: images only (a target domain)"));
+  const dedupe = h("select", { name: "dedupe", id: "dataset-dedupe", title: "drop copies within a class before the dataset is stored" },
+    h("option", { value: "none" }, "keep duplicates"),
+    h("option", { value: "exact" }, "drop exact copies"),
+    h("option", { value: "near" }, "drop near copies"));
+  const hint = () => kind.value === "unlabeled"
+    ? "A .zip or .tar of images in any folder layout: no classes. Domain-adaptation strategies (dann, instance_weighting) adapt to it."
+    : "A .zip or .tar with one folder per class (optionally under train/ and val/).";
+  const status = h("p", { class: "muted", id: "upload-status" }, hint());
+  kind.addEventListener("change", () => { status.textContent = hint(); });
   const progress = bar(0);
   progress.hidden = true;
   const zone = dropZone({
@@ -16,6 +27,8 @@ export async function datasetsPage(view, signal) {
       const form = new FormData();
       form.append("file", file, file.name);
       if (name.value.trim()) form.append("name", name.value.trim());
+      if (kind.value !== "labelled") form.append("kind", kind.value);
+      if (dedupe.value !== "none") form.append("dedupe", dedupe.value);
       progress.hidden = false;
       status.textContent = `Uploading ${file.name} (${bytes(file.size)})…`;
       try {
@@ -35,10 +48,13 @@ export async function datasetsPage(view, signal) {
   view.replaceChildren(
     h("h1", {}, "Datasets"),
     h("section", { class: "card" }, h("h2", {}, "Upload a dataset"),
-      h("div", { class: "row" }, h("label", { for: "dataset-name" }, "Name"), name), zone, progress, status),
+      h("div", { class: "row" }, h("label", { for: "dataset-name" }, "Name"), name,
+        h("label", { for: "dataset-kind" }, "Kind"), kind, h("label", { for: "dataset-dedupe" }, "Dedupe"), dedupe),
+      zone, progress, status),
     h("section", { class: "card" }, h("h2", {}, `All datasets (${page.total})`),
-      table(["Name", "Images", "Classes", "Size", "Uploaded"], page.items.map((d) => [
-        h("a", { href: `#/datasets/${d.id}` }, d.name), d.num_images, d.num_classes, bytes(d.size_bytes), when(d.created_at),
+      table(["Name", "Kind", "Images", "Classes", "Size", "Uploaded"], page.items.map((d) => [
+        h("a", { href: `#/datasets/${d.id}` }, d.name), h("span", { class: `chip ${d.kind === "unlabeled" ? "tag" : "alias"}`, "data-kind": d.kind || "labelled" }, d.kind || "labelled"),
+        d.num_images, d.kind === "unlabeled" ? "–" : d.num_classes, bytes(d.size_bytes), when(d.created_at),
       ]), { empty: "No dataset yet: upload one above." })),
   );
 }
@@ -51,26 +67,30 @@ export async function datasetPage(view, signal, id) {
   const rejected = report.rejected || [];
   const dup = report.duplicates;
   const leak = report.leakage;
+  const unlabeled = d.kind === "unlabeled";
   view.replaceChildren(
     h("p", { class: "crumbs" }, h("a", { href: "#/datasets" }, "Datasets"), " / ", d.name),
     h("h1", {}, d.name),
     h("div", { class: "stats" },
-      stat("Images", d.num_images), stat("Classes", d.num_classes), stat("Size", bytes(d.size_bytes)),
+      stat("Kind", h("span", { id: "dataset-kind-value" }, d.kind || "labelled")),
+      stat("Images", d.num_images), stat("Classes", unlabeled ? "–" : d.num_classes), stat("Size", bytes(d.size_bytes)),
       stat("Skipped files", rejected.length),
       stat("Duplicate groups", dup ? Math.max(dup.near?.groups || 0, dup.exact?.groups || 0) : "–"),
       stat("Val leakage", leak && leak.val_total ? pct(leak.fraction) : "–"),
       stat("Uploaded", when(d.created_at))),
     warningsCard(report),
-    h("section", { class: "card" }, h("h2", {}, "Images per class"), h("div", { id: "class-counts" }, barChart(rows, splits))),
+    unlabeled
+      ? h("section", { class: "card" }, h("h2", {}, "Unlabeled"), h("p", { class: "muted" }, "Images without classes: no splits or leakage. Choose it as the target dataset of a domain-adaptation job (dann, instance_weighting)."))
+      : h("section", { class: "card" }, h("h2", {}, "Images per class"), h("div", { id: "class-counts" }, barChart(rows, splits))),
     ...(dup ? [duplicatesCard(dup, leak || {}, report.dedupe)] : []),
     ...(report.statistics ? [statisticsCard(report.statistics)] : []),
     h("section", { class: "card" }, h("h2", {}, `Skipped files (${rejected.length})`),
       table(["File", "Why"], rejected.map((r) => [h("code", {}, r.path), r.reason]), { empty: "Every file was a usable image." })),
-    h("section", { class: "card" }, h("h2", {}, "Train on it"),
-      h("p", {}, h("a", { class: "button", href: "#/jobs", id: "train-link" }, "New job on this dataset")),
+    h("section", { class: "card" }, h("h2", {}, unlabeled ? "Adapt to it" : "Train on it"),
+      h("p", {}, h("a", { class: "button", href: "#/jobs", id: "train-link" }, unlabeled ? "New job (choose it as the target)" : "New job on this dataset")),
       h("p", { class: "muted" }, `id ${d.id} · sha256 ${short(d.sha256)}…`)),
   );
-  view.querySelector("#train-link").addEventListener("click", () => sessionStorage.setItem("transferlab.dataset", d.id));
+  view.querySelector("#train-link").addEventListener("click", () => sessionStorage.setItem(unlabeled ? "transferlab.target" : "transferlab.dataset", d.id));
 }
 
 // The report's warnings first and in colour: leakage or label conflicts change what a job's

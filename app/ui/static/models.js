@@ -2,7 +2,7 @@
 // registry (aliases, tags, archive, delete), download, and prediction by drag-and-drop.
 import { api, download } from "./api.js";
 import { heatmap } from "./charts.js";
-import { h, SLUG, table, when, short, pct, toast, errorText, dropZone } from "./dom.js";
+import { h, SLUG, table, when, short, pct, num, toast, errorText, dropZone } from "./dom.js";
 import { stat } from "./datasets.js";
 
 export async function modelsPage(view) {
@@ -21,8 +21,19 @@ export async function modelsPage(view) {
   };
   archived.addEventListener("change", () => load().catch((e) => toast(errorText(e))));
   await load();
+  // Open a version by reference: name@alias, name:version or an id (GET /v1/models/{ref}).
+  const ref = h("input", { name: "ref", id: "model-ref", required: true, autocomplete: "off", maxlength: 201,
+    placeholder: "digits@prod, digits:3 or a version id", pattern: `${SLUG}([@:]${SLUG})?`,
+    title: "name@alias, name:version or a version id" });
+  const lookup = h("form", { class: "lookup", id: "model-lookup" }, h("label", { for: "model-ref" }, "Open"), ref, h("button", { type: "submit" }, "Open"));
+  lookup.addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#/models/${encodeURIComponent(ref.value.trim())}`;
+  });
   view.replaceChildren(
     h("h1", {}, "Models"),
+    h("section", { class: "card" }, h("h2", {}, "Open a version"), lookup,
+      h("p", { class: "muted" }, "By alias (", h("code", {}, "name@alias"), "), by number (", h("code", {}, "name:version"), ") or by id.")),
     h("section", { class: "card" }, h("div", { class: "title-row" }, title,
       h("label", { class: "check", for: "include-archived" }, archived, "Show archived versions")), list),
   );
@@ -33,8 +44,10 @@ function labels(names, cls) {
   return h("span", { class: "chips" }, names.map((n) => h("span", { class: `chip ${cls}` }, n)));
 }
 
-export async function modelPage(view, signal, id) {
-  const [m, jobs] = await Promise.all([api(`/v1/models/${id}`), api("/v1/jobs", { query: { limit: 500 } })]);
+export async function modelPage(view, signal, ref) {
+  const [m, jobs] = await Promise.all([api(`/v1/models/${encodeURIComponent(ref)}`), api("/v1/jobs", { query: { limit: 500 } })]);
+  const id = m.id; // the reference (name@alias, name:version) resolved to this version
+  const opened = ref !== id ? h("span", { class: "muted", id: "opened-by" }, ` (opened as ${ref})`) : null;
   const registry = await registryCard(m, () => location.replace("#/models"));
   const metrics = m.metrics || {};
   const matrix = metrics.confusion_matrix || [];
@@ -53,20 +66,54 @@ export async function modelPage(view, signal, id) {
   downloadButton.addEventListener("click", () => download(`/v1/models/${id}/download`, `${m.name}-v${m.version}.zip`).catch((e) => toast(errorText(e))));
 
   view.replaceChildren(
-    h("p", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", `${m.name} v${m.version}`),
+    h("p", { class: "crumbs" }, h("a", { href: "#/models" }, "Models"), " / ", `${m.name} v${m.version}`, opened),
     h("div", { class: "title-row" }, h("h1", {}, `${m.name} v${m.version}`), downloadButton),
     registry.summary,
     h("div", { class: "stats" },
       stat("Val accuracy", pct(metrics.val_accuracy)), stat("Val images", metrics.num_val_images ?? "–"),
       stat("Epochs", metrics.epochs ?? "–"), stat("Training", metrics.train_seconds != null ? `${metrics.train_seconds.toFixed(1)} s` : "–"),
+      ...(metrics.eval ? [stat("Eval accuracy", h("span", { id: "eval-accuracy" }, pct(metrics.eval.accuracy)))] : []),
+      ...(metrics.proxy_a_distance ? [stat("Proxy A-distance", h("span", { id: "proxy-a-distance" }, `${num(metrics.proxy_a_distance.before, 2)} → ${num(metrics.proxy_a_distance.after, 2)}`))] : []),
       stat("Strategy", m.strategy), stat("Base model", m.base_model)),
+    ...(metrics.val_leak_fraction ? [h("section", { class: "card warnings", id: "model-warnings", role: "alert" },
+      h("p", {}, h("span", { class: "badge warn" }, "val_leakage"), ` ${pct(metrics.val_leak_fraction)} of the validation images have a copy in train: the val accuracy is optimistic.`))] : []),
     h("section", { class: "card" }, h("h2", {}, "Lineage"), lineage(m, children)),
     registry.card,
     predictCard(m),
     h("section", { class: "card" }, h("h2", {}, "Per class"), table(["Class", "Accuracy", "Val images", "Most confused with"], rows)),
     h("section", { class: "card" }, h("h2", {}, "Confusion matrix"),
       matrix.length ? h("div", { class: "scroll", id: "confusion" }, heatmap(m.class_names, matrix)) : h("p", { class: "empty" }, "No validation images.")),
+    // replaceChildren() is the DOM's own: a null would show as the text "null".
+    ...(metrics.eval ? [evalCard(m, metrics.eval)] : []),
+    ...(metrics.proxy_a_distance || metrics.instance_weights ? [adaptationCard(metrics)] : []),
   );
+}
+
+// The job's eval dataset (eval_dataset_id) scored with the final model: as the val set above.
+function evalCard(m, ev) {
+  const matrix = ev.confusion_matrix || [];
+  const perClass = ev.per_class_accuracy || {};
+  const names = matrix.length === m.class_names.length ? m.class_names : Object.keys(perClass);
+  const rows = names.map((c, i) => [c, pct(perClass[c]), (matrix[i] || []).reduce((a, b) => a + b, 0)]);
+  return h("section", { class: "card", id: "eval" },
+    h("h2", {}, `Eval dataset: ${pct(ev.accuracy)} on ${ev.num_images} images`),
+    h("p", { class: "muted" }, "A labelled set scored every epoch and with the final model (the job's eval dataset), apart from the validation split."),
+    table(["Class", "Accuracy", "Eval images"], rows),
+    matrix.length && matrix.length === names.length
+      ? h("div", { class: "scroll", id: "eval-confusion" }, heatmap(names, matrix)) : null);
+}
+
+// Domain adaptation: how far apart source and target features are (proxy A-distance), and the
+// instance weights' spread.
+function adaptationCard(metrics) {
+  const pad = metrics.proxy_a_distance;
+  const w = metrics.instance_weights;
+  return h("section", { class: "card", id: "adaptation" }, h("h2", {}, "Domain adaptation"),
+    pad ? [h("p", {}, "Proxy A-distance between source and target features (0: indistinguishable, 2: fully apart): ",
+      h("strong", { id: "pad-before" }, num(pad.before, 3)), " before training, ", h("strong", { id: "pad-after" }, num(pad.after, 3)), " after.")] : null,
+    w ? [h("h3", {}, "Instance weights"),
+      table(["min", "p10", "median", "p90", "max", "Effective sample size"], [[num(w.min, 3), num(w.p10, 3), num(w.median, 3), num(w.p90, 3), num(w.max, 3),
+        `${num(w.effective_sample_size, 1)} (${pct(w.effective_fraction)})`]])] : null);
 }
 
 // The registry for one version: its aliases (point one here, move one here, remove one), its
