@@ -180,3 +180,16 @@ def test_a_semi_supervised_dann_run_resumed_mid_epoch_ends_as_an_uninterrupted_o
     assert resumed.choices["proxy_a_distance"] == whole.choices["proxy_a_distance"]
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("strategy", ["dann", "instance_weighting"])
+def test_a_tiny_target_trains_and_leaves_the_proxy_a_distance_out(semi, strategy):
+    # Found by the attack: one target image made both strategies fail with an internal error,
+    # because the proxy A-distance needs 4 images of each domain to hold out halves.
+    tiny = DatasetSplits(class_names=CLASS_NAMES, train=semi.train, target=semi.target[:1])
+    hp = Hyperparameters(epochs=1, batch_size=16, learning_rate=3e-3, image_size=32)
+    options = {"discriminator_hidden": 32} if strategy == "dann" else {}
+    result = run_training(source=scratch(), strategy=strategy, data=tiny, hparams=hp,
+                          strategy_options=options, device="cpu")  # fmt: skip
+    assert len(result.history) == 1
+    assert result.choices["proxy_a_distance"] == {"before": None, "after": None}

@@ -68,8 +68,25 @@ def pad_samples(
     )
 
 
-def measure_pad(ctx: FitContext, source: Sequence[Sample], target: Sequence[Sample]) -> float:
-    """The proxy A-distance between ctx.model's features of ``source`` and ``target``."""
-    return proxy_a_distance(
+# Fewer images of a domain than this leave no held-out half to score a domain classifier on.
+PAD_MIN_IMAGES = 4
+
+
+def pad_of_features(source: torch.Tensor, target: torch.Tensor, seed: int) -> float | None:
+    """proxy_a_distance, or None when a domain has fewer than PAD_MIN_IMAGES rows (a job with
+    a tiny target trains; only this figure cannot be estimated)."""
+    if min(len(source), len(target)) < PAD_MIN_IMAGES:
+        return None
+    return proxy_a_distance(source, target, seed=seed)
+
+
+def measure_pad(
+    ctx: FitContext, source: Sequence[Sample], target: Sequence[Sample]
+) -> float | None:
+    """The proxy A-distance between ctx.model's features of ``source`` and ``target`` (None:
+    too few images, see pad_of_features)."""
+    if min(len(source), len(target)) < PAD_MIN_IMAGES:
+        return None
+    return pad_of_features(
         features_of(ctx, source), features_of(ctx, target), seed=ctx.hparams.seed
     )

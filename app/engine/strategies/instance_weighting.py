@@ -22,10 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from app.engine.data import ImageDataset, Sample, create_eval_transform, create_loader
-from app.engine.domain import estimate_density_ratio, proxy_a_distance, weight_summary
+from app.engine.domain import estimate_density_ratio, weight_summary
 from app.engine.errors import EngineError
 from app.engine.specs import EpochMetrics, _is_number
-from app.engine.strategies._adaptation import measure_pad, pad_samples, spread
+from app.engine.strategies._adaptation import (
+    measure_pad,
+    pad_of_features,
+    pad_samples,
+    spread,
+)
 from app.engine.strategies._base import FitContext, FitOutcome
 from app.engine.strategies._finetuning import FinetuneOptions, FinetuneTask
 from app.engine.strategies._probing import FeatureProgress, extract_features, pre_logits
@@ -129,7 +134,7 @@ class InstanceWeighting(FinetuneOptions):
         # The proxy A-distance before training, on the features just computed (the subset that
         # is measured after).
         s_rows, t_rows = spread(len(source)), spread(len(target))
-        before = proxy_a_distance(source[s_rows], target[t_rows], seed=hp.seed)
+        before = pad_of_features(source[s_rows], target[t_rows], seed=hp.seed)
         del source, target
         task = WeightedFinetuneTask(ctx, self, weights)
         result = fit_phase(ctx, task, first_epoch=1, epochs=hp.epochs, history=history)
