@@ -196,6 +196,7 @@ def job_warnings(dataset: Dataset) -> list[dict[str, Any]]:
 def delete_dataset(session: Session, settings: Settings, dataset_id: uuid.UUID) -> Path:
     """Delete the row; return the folder, which the caller removes once the delete committed."""
     dataset = get_dataset(session, dataset_id)
+    repo.lock_for_delete(session, dataset_id)
     active = repo.active_job_roles(session, dataset_id)
     if active:
         roles = sorted({role for job_roles in active.values() for role in job_roles})

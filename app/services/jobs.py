@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import engine
@@ -262,19 +263,44 @@ def create_job(session: Session, spec: dict[str, Any]) -> Job:
     spec = {**spec, "name": spec.get("name") or slugify(dataset.name)}
     kind = kind_of(spec["strategy"])
     assert kind is not None
-    return repo.add(
-        session,
-        Job(
-            status=JobStatus.queued.value,
-            strategy=spec["strategy"],
-            base_model=spec["base_model"],
-            dataset_id=dataset.id,
-            **{field: d.id if d else None for field, d in others.items()},
-            spec=spec,
-            total_epochs=kind.total_epochs(hparams),
-            warnings=job_warnings(dataset),
-        ),
+    job = Job(
+        status=JobStatus.queued.value,
+        strategy=spec["strategy"],
+        base_model=spec["base_model"],
+        dataset_id=dataset.id,
+        **{field: d.id if d else None for field, d in others.items()},
+        spec=spec,
+        total_epochs=kind.total_epochs(hparams),
+        warnings=job_warnings(dataset) + eval_overlap_warnings(spec),
     )
+    try:
+        return repo.add(session, job)
+    except IntegrityError:
+        # A dataset was deleted between the checks above and the insert (a delete holds its
+        # row until it commits: repositories.datasets.lock_for_delete): name it.
+        session.rollback()
+        for field in ("dataset_id", *others):
+            _dataset_in(session, spec, field)
+        raise
+
+
+def eval_overlap_warnings(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """An eval set the job also trains on with its labels scores images the model has learned:
+    its eval_accuracy is optimistic (as val_leakage says of a val split)."""
+    eval_id = spec.get("eval_dataset_id")
+    roles = [
+        f for f in ("dataset_id", "labeled_target_dataset_id") if eval_id and spec.get(f) == eval_id
+    ]
+    if not roles:
+        return []
+    return [
+        {
+            "code": "eval_in_training",
+            "message": f"eval_dataset_id is also the job's {' and '.join(roles)}: the model "
+            "trains on its labelled images, so eval_accuracy is optimistic; use a held-out set",
+            "roles": roles,
+        }
+    ]
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job:

@@ -226,3 +226,19 @@ def test_openapi_documents_the_new_fields(client):
     body = components[form["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]
     assert "kind" in body["properties"]
     assert "unlabeled" in body["properties"]["kind"]["description"]
+
+
+def test_an_eval_set_the_job_trains_on_is_a_warning(client, datasets):
+    # Found by the attack: eval_accuracy on images the model learned, with no word said.
+    r = client.post("/v1/jobs", json=job(datasets["source"], target_dataset_id=datasets["target"],
+                                         labeled_target_dataset_id=datasets["subset"],
+                                         eval_dataset_id=datasets["subset"]))  # fmt: skip
+    assert r.status_code == 202, r.text
+    (warning,) = r.json()["warnings"]
+    assert warning["code"] == "eval_in_training"
+    assert warning["roles"] == ["labeled_target_dataset_id"]
+    # Unlabeled use of the eval images (the target) is the usual transductive setting: no warning.
+    r = client.post("/v1/jobs", json=job(datasets["source"], target_dataset_id=datasets["subset"],
+                                         eval_dataset_id=datasets["subset"]))  # fmt: skip
+    assert r.status_code == 202, r.text
+    assert r.json()["warnings"] == []

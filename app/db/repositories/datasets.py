@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job
@@ -35,6 +35,21 @@ JOB_DATASET_ROLES = {
     "labeled_target_dataset_id": Job.labeled_target_dataset_id,
     "eval_dataset_id": Job.eval_dataset_id,
 }
+
+
+def lock_for_delete(session: Session, dataset_id: uuid.UUID) -> None:
+    """Hold the dataset's row against new jobs until this transaction ends, so that checking
+    who uses it and deleting it are one step: a job inserted meanwhile waits, then fails its
+    foreign key (the service answers 404), and one inserted before is seen by the check.
+    Postgres: FOR UPDATE conflicts with the key-share lock a job's foreign key takes. SQLite:
+    the no-op UPDATE takes the database's write lock, which a job's insert needs too."""
+    session.execute(select(Dataset.id).where(Dataset.id == dataset_id).with_for_update())
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id)
+        .values(name=Dataset.name)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def active_job_roles(session: Session, dataset_id: uuid.UUID) -> dict[uuid.UUID, list[str]]:
