@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from app.client import render
 from app.client.core import ApiError, Client
@@ -25,6 +26,13 @@ COMMANDS = ("datasets", "jobs", "models")
 # (command, action) pairs among them that run on the server host, not through the API.
 SERVER_ACTIONS = {("models", "export-onnx")}
 EXIT_JOB_FAILED, EXIT_API_ERROR, EXIT_UNREACHABLE = 1, 2, 3
+# A request refused before it was sent (a bad flag, a file that cannot be read) exits as one the
+# API refused, and as argparse's own usage errors do.
+EXIT_USAGE = EXIT_API_ERROR
+
+
+class UsageError(Exception):
+    """What the user typed cannot be sent; the message says what to change."""
 
 
 def add_commands(sub: Any) -> None:
@@ -105,7 +113,9 @@ def add_commands(sub: Any) -> None:
     al = ms.add_parser("alias", parents=[common], help="point NAME@ALIAS at a version (set/move)")
     al.add_argument("name")
     al.add_argument("alias")
-    al.add_argument("version", help="a version number or a version id")
+    al.add_argument(
+        "version", help="a version number, or any reference: an id, name:version, name@alias"
+    )
     ua = ms.add_parser("unalias", parents=[common], help="remove the alias NAME@ALIAS")
     ua.add_argument("name")
     ua.add_argument("alias")
@@ -140,6 +150,13 @@ def run(args: argparse.Namespace) -> int:
     except httpx.TransportError as exc:
         err.print(f"[red]error[/red]: cannot reach the API ({exc}); is it running? (--url)")
         return EXIT_UNREACHABLE
+    except UsageError as exc:
+        err.print(f"[red]error[/red]: {escape(str(exc))}")
+        return EXIT_USAGE
+    except OSError as exc:  # a file to upload or a folder to write to
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error[/red]: {escape(exc.strerror or str(exc))}{escape(where)}")
+        return EXIT_USAGE
 
 
 def _dispatch(client: Client, args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -183,13 +200,13 @@ def _dispatch(client: Client, args: argparse.Namespace, out: Console, err: Conso
     if action == "show":
         return _show(out, args, client.get_model(args.id), render.model)
     if action == "alias":
-        number = args.version.isdigit()
-        alias = client.set_alias(
-            args.name,
-            args.alias,
-            version=int(args.version) if number else None,
-            model_id=None if number else args.version,
-        )
+        if args.version.isdigit():
+            alias = client.set_alias(args.name, args.alias, version=int(args.version))
+        else:
+            # A reference (name@alias promotes what another alias points at): the API resolves
+            # it; its id is what the alias then names.
+            target = client.get_model(args.version)["id"]
+            alias = client.set_alias(args.name, args.alias, model_id=target)
         return _show(out, args, alias, render.alias)
     if action == "unalias":
         client.remove_alias(args.name, args.alias)
@@ -248,7 +265,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"transferlab: {flag} takes KEY=VALUE, got {item!r}")
+            raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
             pairs[key] = json.loads(raw)
         except ValueError:

@@ -204,6 +204,10 @@ def test_domain_adaptation_and_the_registry_with_the_cli(
         json.loads(ok(cli(embedded, "models", "show", "cli-dann@staging", "--json")))["id"]
         == model["id"]
     )
+    # Promotion by reference (found by the attack: a reference was sent as a version number).
+    out = ok(cli(embedded, "models", "alias", "cli-dann", "prod", "cli-dann@staging"))
+    assert f"cli-dann@prod -> v{model['version']}" in out
+    ok(cli(embedded, "models", "unalias", "cli-dann", "prod"))
     out = ok(cli(embedded, "models", "tag", "cli-dann@staging", "adapted"))
     assert "tags: adapted" in out
     with embedded.client() as c:
