@@ -38,7 +38,10 @@ class DatasetInUse(Conflict):
 
 
 def check_kind(kind: str) -> DatasetKind:
-    """A dataset kind as a client sent it: labelled or unlabeled, else 422 invalid_dataset_kind."""
+    """A dataset kind as a client sent it: labelled or unlabeled, else 422 invalid_dataset_kind.
+    "labeled" is taken for "labelled": the job fields spell it so (labeled_target_dataset_id)."""
+    if kind == "labeled":
+        kind = LABELLED
     if kind not in DATASET_KINDS:
         raise InvalidInput(
             f"kind must be one of {', '.join(DATASET_KINDS)} (got {kind[:50]!r}): 'labelled' "

@@ -414,7 +414,8 @@ class _Layout:
         if not placed.train and not placed.val:
             raise DatasetRejected(
                 "the archive contains no usable images; put each class's images (JPEG, PNG, "
-                "BMP, GIF, WEBP or TIFF) in a folder named after the class",
+                "BMP, GIF, WEBP or TIFF) in a folder named after the class (images without "
+                "labels, for a domain-adaptation target: upload them with kind=unlabeled)",
                 code="dataset_no_images",
                 details={
                     "class_folders": sorted(self.train_classes),

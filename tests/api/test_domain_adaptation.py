@@ -63,6 +63,11 @@ def test_a_labelled_upload_says_so(client, digits_zip):
     ds = upload(client, digits_zip(per_class=2, name="l.zip")).json()
     assert ds["kind"] == "labelled" and ds["report"]["classes"] == ["digit_0", "digit_1",
                                                                     "digit_2"]  # fmt: skip
+    # The job fields spell it "labeled": that spelling is taken for the kind too.
+    path = digits_zip(per_class=2, name="l2.zip")
+    with path.open("rb") as fh:
+        r = client.post("/v1/datasets", files={"file": (path.name, fh)}, data={"kind": "labeled"})
+    assert r.status_code == 201 and r.json()["kind"] == "labelled", r.text
 
 
 def test_unknown_kind_and_bad_archives_are_refused(client, settings, tmp_path):
@@ -79,6 +84,10 @@ def test_unknown_kind_and_bad_archives_are_refused(client, settings, tmp_path):
         zf.writestr("a/notes.txt", b"no images here")
     r = upload_unlabeled(client, empty)
     assert r.status_code == 422 and error_code(r) == "dataset_no_images"
+    # A flat archive sent as labelled: the message points at kind=unlabeled.
+    with empty.open("rb") as fh:
+        r = client.post("/v1/datasets", files={"file": ("empty.zip", fh)})
+    assert error_code(r) == "dataset_no_images" and "kind=unlabeled" in r.json()["error"]["message"]
     assert client.get("/v1/datasets").json()["total"] == 0
     assert list(settings.layout.datasets.iterdir()) == []
 
