@@ -180,14 +180,12 @@ def run_api(
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port, as uvicorn would bind it; OSError when taken."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
+    """A listening TCP socket on host:port, bound as uvicorn binds one (IPv6 when the host has
+    a colon, else IPv4); OSError when it cannot be."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen(2048)
     except OSError:
         sock.close()
@@ -219,6 +217,9 @@ def serve(settings: Settings, host: str, port: int) -> int:
     # that takes this data folder's jobs for the seconds before its API fails to bind.
     try:
         sock = listen(host, port)
+    except socket.gaierror as exc:
+        print(f"transferlab serve: cannot resolve the host {host!r}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(
             f"transferlab serve: cannot listen on {host}:{port}: {exc.strerror or exc}. Is "

@@ -22,11 +22,12 @@ def restore_logging() -> Iterator[None]:
     """Undo a test's logging set-up (configure_logging, or `transferlab` run in-process): its
     handlers write to that test's captured stderr, which is closed once the test ends, and every
     later log line would print "--- Logging error ---" instead."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, alembic = logging.getLogger(), logging.getLogger("alembic")
+    handlers, level, alembic_level = root.handlers[:], root.level, alembic.level
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    alembic.setLevel(alembic_level)  # `keys` quiets it
 
 
 @pytest.fixture

@@ -57,6 +57,9 @@ class DatabaseProgress(Callback):
         # a non-finite one is left out, as JSON (and Postgres's json type) has no NaN.
         extra = {str(k): float(v) for k, v in metrics.extra.items()}
         values["extra"] = {k: v for k, v in extra.items() if math.isfinite(v)}
+        for name in ("eval_loss", "eval_accuracy"):  # nullable columns: None, not NaN
+            if values[name] is not None and not math.isfinite(values[name]):
+                values[name] = None
         if metrics.images_per_second:
             worker_metrics.IMAGES_PER_SECOND.set(metrics.images_per_second)
         with self.db.session_scope() as session:

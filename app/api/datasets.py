@@ -83,7 +83,8 @@ def create_dataset(
         # dedupe only when set, so keys stored before the option existed still match.
         request=[(name or "").encode(), _sha256(file.file).encode()]
         + ([dedupe.encode()] if dedupe != "none" else [])
-        + ([kind.encode()] if kind != "labelled" else [])
+        # The kind as understood ("labeled" is "labelled"), so spellings of one request match.
+        + ([str(dataset_kind).encode()] if dataset_kind != "labelled" else [])
         if idempotency_key
         else [],
         ttl_s=settings.idempotency_ttl_s,

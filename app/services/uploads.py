@@ -158,9 +158,15 @@ def touch(session: Session, settings: Settings, upload: Upload) -> None:
     """A stored part keeps the upload alive for another ``upload_ttl_s``."""
     expires_at = utcnow() + timedelta(seconds=settings.upload_ttl_s)
     if not repo.extend(session, upload.id, expires_at):
-        # Swept (or completed) between the part's arrival and now: the part's folder is gone
-        # or going with it.
-        raise _swept(upload.id)
+        row = repo.get(session, upload.id)
+        if row is None:  # swept between the part's arrival and now, its folder with it
+            raise _swept(upload.id)
+        session.refresh(row)
+        raise Conflict(  # completed meanwhile: the part came too late to count
+            f"upload {upload.id} was completed while this part arrived; it takes no more parts",
+            code="upload_completed",
+            details={"dataset_id": str(row.dataset_id) if row.dataset_id else None},
+        )
 
 
 def _swept(upload_id: uuid.UUID) -> UploadNotFound:

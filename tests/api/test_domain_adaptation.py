@@ -68,6 +68,16 @@ def test_a_labelled_upload_says_so(client, digits_zip):
     with path.open("rb") as fh:
         r = client.post("/v1/datasets", files={"file": (path.name, fh)}, data={"kind": "labeled"})
     assert r.status_code == 201 and r.json()["kind"] == "labelled", r.text
+    # ...and it is one request with the default spelling under one Idempotency-Key.
+    headers = {"Idempotency-Key": "same-upload"}
+    with path.open("rb") as fh:
+        first = client.post("/v1/datasets", files={"file": (path.name, fh)}, headers=headers)
+    with path.open("rb") as fh:
+        again = client.post("/v1/datasets", files={"file": (path.name, fh)},
+                            data={"kind": "labeled"}, headers=headers)  # fmt: skip
+    assert first.status_code == 201, first.text
+    assert again.headers.get("Idempotent-Replayed") == "true", again.text
+    assert again.json()["id"] == first.json()["id"]
 
 
 def test_unknown_kind_and_bad_archives_are_refused(client, settings, tmp_path):

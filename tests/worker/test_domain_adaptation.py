@@ -131,8 +131,11 @@ def test_a_non_finite_figure_is_left_out_of_the_stored_epoch(client, db, ids):
         EpochMetrics(
             epoch=1, phase="train", train_loss=1.0, val_loss=1.0, val_accuracy=0.5,
             learning_rate=0.01, images_per_second=10.0, seconds=1.0, extra=figures,
+            eval_loss=float("inf"), eval_accuracy=0.25,
         )
     )  # fmt: skip
     r = client.get(f"/v1/jobs/{job_id}/metrics")
     assert r.status_code == 200, r.text
-    assert r.json()["epochs"][0]["extra"] == {"domain_accuracy": 0.5}
+    (stored,) = r.json()["epochs"]
+    assert stored["extra"] == {"domain_accuracy": 0.5}
+    assert (stored["eval_loss"], stored["eval_accuracy"]) == (None, 0.25)
