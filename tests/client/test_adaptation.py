@@ -147,6 +147,9 @@ def test_upload_sends_the_kind_and_dedupe(tmp_path, capsys):
          {"version": 2}),
         (["models", "alias", "dann", "prod", "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00"], "PUT",
          "/v1/models/dann/aliases/prod", {"model_id": "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00"}),
+        # Any reference: resolved by the API first, then the alias names its id (promotion).
+        (["models", "alias", "dann", "prod", "dann@staging"], "PUT",
+         "/v1/models/dann/aliases/prod", {"model_id": "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00"}),
         (["models", "unalias", "dann", "prod"], "DELETE", "/v1/models/dann/aliases/prod", None),
         (["models", "tag", "dann@prod", "reviewed"], "PUT", "/v1/models/dann@prod/tags/reviewed",
          None),
@@ -158,10 +161,13 @@ def test_registry_commands(argv, method, path, payload, capsys):
     alias = {"ref": "dann@prod", "version": 2, "model_id": "m2"}
     tagged = {**MODEL, "tags": ["reviewed"]}
     api = FakeApi({(method, path): alias if "aliases" in path else tagged})
+    if argv[1] == "alias" and not argv[-1].isdigit():
+        resolved = {**MODEL, "id": "0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00"}
+        api.answers[("GET", f"/v1/models/{argv[-1]}")] = resolved
     if argv[1] == "unalias":
         api.answers.pop((method, path))
     rc, out = run(argv, api, capsys)
-    request = api.requests[0]
+    request = api.requests[-1]
     assert rc == 0 and (request.method, request.url.path) == (method, path)
     assert (json.loads(request.content) if request.content else None) == payload
     expected = {"alias": "dann@prod -> v2", "unalias": "removed dann@prod", "tag": "tags: reviewed",
