@@ -152,15 +152,7 @@ class Service:
         return r.json()
 
     def wait(self, job_id: str, timeout: float = 3600) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                if job["status"] != "succeeded":
-                    raise SystemExit(f"job {job_id} {job['status']}: {job['error']}")
-                return job
-            time.sleep(0.25)
-        raise SystemExit(f"job {job_id} did not finish in {timeout} s")
+        return wait_for_job(self.client, job_id, timeout)
 
     def run(self, spec: dict) -> tuple[dict, dict]:
         """Submit, wait, and return (job, model version)."""
@@ -231,3 +223,16 @@ def train_source(
         flush=True,
     )
     return model
+
+
+def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 3600) -> dict:
+    """Poll until the job ends; the job if it succeeded, else SystemExit with its error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise SystemExit(f"job {job_id} {job['status']}: {job.get('error')}")
+            return job
+        time.sleep(0.25)
+    raise SystemExit(f"job {job_id} did not finish in {timeout} s")

@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load_mnist, png, table, write_zip
+from _common import load_mnist, png, table, wait_for_job, write_zip
 
 ROWS = ("source_only", "dann", "instance_weighting", "dann_1", "dann_5", "finetune_1", "finetune_5")
 LABELS = {
@@ -266,17 +266,6 @@ class ApiRunner:
         both = write_zip(self.work / f"{name}-trainval.zip", {"train": items, "val": items})
         return flat, both
 
-    def wait(self, job_id: str, timeout: float = 3600) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.client.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                if job["status"] != "succeeded":
-                    raise SystemExit(f"job {job_id} {job['status']}: {job.get('error')}")
-                return job
-            time.sleep(0.5)
-        raise SystemExit(f"job {job_id} did not finish in {timeout} s")
-
     def run(
         self,
         row: str,
@@ -316,7 +305,7 @@ class ApiRunner:
         if r.status_code != 202:
             raise SystemExit(f"job rejected: {r.status_code} {r.text}")
         t0 = time.monotonic()
-        job = self.wait(r.json()["id"])
+        job = wait_for_job(self.client, r.json()["id"])
         seconds = time.monotonic() - t0
         model = self.client.get(f"/v1/models/{job['model_id']}").json()
         if row == "source_only":
