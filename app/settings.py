@@ -10,6 +10,7 @@ Two variables switch it to the production stack:
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -97,6 +98,13 @@ class Settings(BaseSettings):
     model_cache_size: int = 4
     predict_max_batch: int = Field(
         default=64, ge=1, le=1024, description="most images in one forward pass of a served model"
+    )
+    predict_lanes: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        description="forward passes one served model may run at once, each on one core "
+        "(onnx backend; torch runs one at a time); a lone request uses every core instead",
     )
     predict_max_queued: int = Field(
         default=256,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import current_principal
 from app.db.models import Dataset, Job
@@ -18,6 +19,7 @@ from app.services.keys import Principal
 from app.serving.cache import ModelCache
 from app.serving.resolver import REF_HELP, ModelResolver, ResolvedModel
 from app.settings import Settings
+from app.storage.artifacts import ArtifactStore
 
 
 # NOTE the dependencies that only read app.state are ``async def``: FastAPI runs a plain ``def``
@@ -27,6 +29,10 @@ from app.settings import Settings
 # solving and threadpool dispatch at 13% and 8.5% of the API's busy samples under 32 clients.
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+async def get_artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
 
 
 async def get_db(request: Request) -> Database:
@@ -57,6 +63,7 @@ def get_resolver(request: Request) -> ModelResolver:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
@@ -72,26 +79,46 @@ def valid_job(job_id: uuid.UUID, session: SessionDep) -> Job:
     return job_service.get_job(session, job_id)
 
 
+MODEL_REF = Path(
+    # NOTE no `pattern` in the schema: parse_ref checks REF_PATTERN and answers 422
+    # invalid_model_ref saying what a reference looks like. With the pattern in the schema,
+    # schemathesis 4.32's stateful run failed inside hypothesis (FlakyStrategyDefinition on
+    # the pattern's alternation), so the fuzz test accepts that 422 instead.
+    description=f"the model version: {REF_HELP}",
+    examples=["0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00", "digits:2", "digits@prod"],
+)
+
+
 def valid_model(
-    session: SessionDep,
-    resolver: ResolverDep,
-    model_id: str = Path(
-        # NOTE no `pattern` in the schema: parse_ref checks REF_PATTERN and answers 422
-        # invalid_model_ref saying what a reference looks like. With the pattern in the schema,
-        # schemathesis 4.32's stateful run failed inside hypothesis (FlakyStrategyDefinition on
-        # the pattern's alternation), so the fuzz test accepts that 422 instead.
-        description=f"the model version: {REF_HELP}",
-        examples=["0b6f2d7e-1a7c-4b8e-8a39-7e2f4c1d9a00", "digits:2", "digits@prod"],
-    ),
+    session: SessionDep, resolver: ResolverDep, model_id: str = MODEL_REF
 ) -> ResolvedModel:
-    """The one resolver of ``{model_id}`` for every model route. Once a reference is known it
-    costs no SQL (app.serving.resolver): the session opens no connection until it is used."""
+    """The one resolver of ``{model_id}`` for every model route but prediction's. Once a
+    reference is known it costs no SQL (app.serving.resolver): the session opens no connection
+    until it is used."""
     return resolver.resolve(session, model_id)
+
+
+async def served_model(request: Request, model_id: str = MODEL_REF) -> ResolvedModel:
+    """``valid_model`` for the prediction routes, which run on the event loop: a reference this
+    process knows resolves there (no SQL, no thread); only a new one goes to a worker thread for
+    its lookup."""
+    resolver: ModelResolver = request.app.state.model_resolver
+    hit = resolver.cached(model_id)
+    if hit is not None:
+        return hit
+    db: Database = request.app.state.db
+    return await run_in_threadpool(_resolve, db, resolver, model_id)
+
+
+def _resolve(db: Database, resolver: ModelResolver, ref: str) -> ResolvedModel:
+    with db.session_scope() as session:
+        return resolver.resolve(session, ref)
 
 
 ValidDataset = Annotated[Dataset, Depends(valid_dataset)]
 ValidJob = Annotated[Job, Depends(valid_job)]
 ValidModel = Annotated[ResolvedModel, Depends(valid_model)]
+ServedModel = Annotated[ResolvedModel, Depends(served_model)]
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

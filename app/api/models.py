@@ -6,7 +6,14 @@ from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import FileResponse
 
 from app.api.auth import require_scope
-from app.api.deps import ModelCacheDep, SessionDep, SettingsDep, ValidModel
+from app.api.deps import (
+    ArtifactsDep,
+    ModelCacheDep,
+    ServedModel,
+    SessionDep,
+    SettingsDep,
+    ValidModel,
+)
 from app.api.schemas.common import MAX_OFFSET, ZIP_RESPONSE, Page, error_responses
 from app.api.schemas.models import (
     ClassScore,
@@ -105,11 +112,12 @@ def download_model(
 PREDICT_FILES = File(description="images (JPEG, PNG, BMP, GIF, WEBP, TIFF)")
 
 
-def read_uploads(files: list[UploadFile], limit_bytes: int) -> list[tuple[str, bytes]]:
+async def read_uploads(files: list[UploadFile], limit_bytes: int) -> list[tuple[str, bytes]]:
     payload: list[tuple[str, bytes]] = []
     total = 0
     for upload in files:
-        data = upload.file.read(limit_bytes + 1)
+        # In memory (most images): read at once; spooled to disk: read on a worker thread.
+        data = await upload.read(limit_bytes + 1)
         total += len(data)
         if total > limit_bytes:
             raise PayloadTooLarge(
@@ -135,20 +143,21 @@ def read_uploads(files: list[UploadFile], limit_bytes: int) -> list[tuple[str, b
         "Example: `curl -F files=@a.png -F files=@b.png localhost:8000/v1/models/<id>/predict`"
     ),
 )
-def predict(
-    model: ValidModel,
+async def predict(
+    model: ServedModel,
     settings: SettingsDep,
+    artifacts: ArtifactsDep,
     cache: ModelCacheDep,
     files: list[UploadFile] = PREDICT_FILES,
     top_k: int = Query(5, ge=1, le=1000),
 ) -> PredictionOut:
-    # A plain def: FastAPI runs it in its threadpool, so decoding runs in parallel across
-    # requests and the wait for the model's inference thread never blocks the event loop.
-    results = predict_uploads(
+    # async: the forward pass runs on the model's inference thread and the request awaits it;
+    # see app/serving/predict.py for what else runs where.
+    results = await predict_uploads(
         cache,
         str(model.id),
-        settings.artifacts.path(model.artifact_key),
-        read_uploads(files, settings.max_predict_bytes),
+        artifacts.path(model.artifact_key),
+        await read_uploads(files, settings.max_predict_bytes),
         top_k=top_k,
         max_files=settings.max_predict_files,
         max_pixels=settings.max_image_pixels,
@@ -178,17 +187,18 @@ def predict(
         "Example: `curl -F files=@a.png localhost:8000/v1/models/<id>/embed`"
     ),
 )
-def embed(
-    model: ValidModel,
+async def embed(
+    model: ServedModel,
     settings: SettingsDep,
+    artifacts: ArtifactsDep,
     cache: ModelCacheDep,
     files: list[UploadFile] = PREDICT_FILES,
 ) -> EmbeddingOut:
-    results = embed_uploads(
+    results = await embed_uploads(
         cache,
         str(model.id),
-        settings.artifacts.path(model.artifact_key),
-        read_uploads(files, settings.max_predict_bytes),
+        artifacts.path(model.artifact_key),
+        await read_uploads(files, settings.max_predict_bytes),
         max_files=settings.max_predict_files,
         max_pixels=settings.max_image_pixels,
     )

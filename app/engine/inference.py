@@ -90,8 +90,9 @@ class Logits(Protocol):
     """Something other than the eager model that computes logits (``app.serving.backends``)."""
 
     name: str
+    lanes: int  # forward passes it may run at once (threads calling ``forward``)
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, batch: torch.Tensor, wide: bool = True) -> torch.Tensor: ...
 
 
 class Predictor:
@@ -123,15 +124,22 @@ class Predictor:
     def backend_name(self) -> str:
         return self.logits.name if self.logits is not None else "torch"
 
+    @property
+    def lanes(self) -> int:
+        """How many forward passes may run at once (eager torch: one; its threads are
+        process-wide)."""
+        return self.logits.lanes if self.logits is not None else 1
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.to(self.device, memory_format=fmt)
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, classes) softmax probabilities, float32 on the CPU."""
+    def probabilities(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
+        """(N, classes) softmax probabilities, float32 on the CPU. ``wide=False``: other passes
+        run beside this one, so it should keep to one core (a backend with lanes)."""
         with torch.inference_mode():
             if self.logits is not None:
-                return self.logits.forward(x).float().softmax(dim=1).cpu()
+                return self.logits.forward(x, wide).float().softmax(dim=1).cpu()
             return self.model(self._input(x)).float().softmax(dim=1).cpu()
 
     def embeddings(self, x: torch.Tensor) -> torch.Tensor:

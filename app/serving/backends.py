@@ -1,4 +1,4 @@
-"""What runs a prediction's forward pass: ``backend.forward(batch) -> logits``.
+"""What runs a prediction's forward pass: ``backend.forward(batch, wide) -> logits``.
 
 ``TRANSFERLAB_SERVING_BACKEND`` picks one for every model an API process loads:
 
@@ -7,6 +7,19 @@
   with a warning. bench/onnx_vs_torch.py measured it 1.42-2.21x eager torch's images/s on 2
   shared CPU cores (resnet10t at 64 px and resnet18 at 112 px, batch 1 and 32; README, Measured);
 * ``torch``: the eager model.
+
+Lanes. A backend runs up to ``lanes`` forward passes at once, one per inference thread of the
+model's batcher. The onnx backend gives each lane its own session with one intra-op thread, and
+a pass with nothing else to run beside it (``wide``, a lone request on an idle model) a session
+that uses every core. Under load, passes side by side on one core each do more per CPU second
+than one pass split over the cores (no synchronisation inside a pass, no threads spin-waiting for
+the next one), and they leave the cores to the event loop between passes. Measured on 2 cores,
+32 clients of one image, one 8 s window each (images/s, one lane on every core -> two lanes of
+one core): resnet10t at 64 px 210 -> 243 with the API's CPU per image 7.9 -> 5.8 ms, resnet18
+at 112 px 79 -> 93; a lone request on a lane's session instead of the wide one was slower
+(resnet18: p50 17 -> 24 ms), hence ``wide``. bench/serve.py has the figures of record (README,
+Serving). The price is memory: ``lanes + 1`` sessions per model (resnet18: about 30 MB each).
+Eager torch's threads are process-wide, so ``torch`` runs one pass at a time.
 
 A batcher calls ``forward`` with a CPU float32 batch (N x 3 x H x W, the card's preprocessing
 applied) and gets logits (N x classes) back on the CPU or the model's device.
@@ -17,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -32,40 +45,53 @@ BACKENDS = ("torch", "onnx")
 
 class Backend(Protocol):
     name: str
+    lanes: int
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, batch: torch.Tensor, wide: bool = True) -> torch.Tensor: ...
 
 
 class TorchBackend:
     name = "torch"
+    lanes = 1
 
     def __init__(self, model: nn.Module) -> None:
         self._forward = torch_forward(model.eval())
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: torch.Tensor, wide: bool = True) -> torch.Tensor:
         return self._forward(batch)
 
 
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, path: Path) -> None:
-        self.session = create_onnx_session(path)
-        # NOTE one run at a time: onnxruntime allows concurrent run() calls, but each would use
-        # every intra-op thread, and two of them on 2 cores only slow each other down.
+    def __init__(self, path: Path, lanes: int = 1) -> None:
+        self.path = path
+        self.lanes = max(1, lanes)
+        self._wide = create_onnx_session(path)  # loads now: a broken file fails the load
+        self._lean: dict[int, Any] = {}  # thread id -> its one-core session, made on first use
         self._lock = threading.Lock()
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with self._lock:
-            return torch.from_numpy(run_onnx(self.session, batch))
+    def forward(self, batch: torch.Tensor, wide: bool = True) -> torch.Tensor:
+        session = self._wide if wide or self.lanes == 1 else self._lean_session()
+        return torch.from_numpy(run_onnx(session, batch))
+
+    def _lean_session(self) -> Any:
+        key = threading.get_ident()
+        session = self._lean.get(key)
+        if session is None:
+            with self._lock:
+                session = self._lean.setdefault(
+                    key, create_onnx_session(self.path, threads=1, spinning=False)
+                )
+        return session
 
 
-def create_backend(kind: str, model: nn.Module, artifact_dir: Path) -> Backend:
+def create_backend(kind: str, model: nn.Module, artifact_dir: Path, lanes: int = 1) -> Backend:
     if kind not in BACKENDS:
         raise ValueError(f"unknown serving backend {kind!r}; choose one of {', '.join(BACKENDS)}")
     if kind == "onnx":
         path = Path(artifact_dir) / ONNX_FILE
         if path.is_file():
-            return OnnxBackend(path)
+            return OnnxBackend(path, lanes)
         log.warning("%s has no %s: serving it with torch", artifact_dir, ONNX_FILE)
     return TorchBackend(model)

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from app.engine import load_artifact
 from app.engine.inference import Predictor
 from app.errors import NotFound
 from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
 from app.serving.backends import Backend, create_backend
-from app.serving.batcher import Batcher, BatcherClosed, Kind
+from app.serving.batcher import Batcher
 from app.serving.decode import PixelBudget
 
 
@@ -40,30 +36,41 @@ class ModelCache:
         max_queued: int = 256,
         decode_budget_pixels: int = 2**24,
         channels_last: bool = True,
+        lanes: int = 1,
     ) -> None:
         self.capacity = max(1, capacity)
         self.backend_kind = backend
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.channels_last = channels_last
+        self.lanes = lanes
         self.decode_budget = PixelBudget(decode_budget_pixels)
         self._items: OrderedDict[str, Batcher] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the items; held only for dictionary operations
+        self._load_lock = threading.Lock()
         self._deleted: set[str] = set()  # version ids are never reused
         self.loads = 0  # how many times weights were read from disk (for tests and metrics)
 
-    def batcher(self, key: str, artifact_dir: Path) -> Batcher:
-        """The model's batcher, loading the model on first use (counted as a hit or a miss)."""
+    def loaded(self, key: str) -> Batcher | None:
+        """The model's batcher if it is loaded (a hit), else None; never blocks on a load, so
+        the event loop may call it."""
         with self._lock:
-            if key in self._deleted:
-                raise ModelDeleted(f"model version {key} was deleted", details={"id": key})
-            if key in self._items:
-                self._items.move_to_end(key)
-                MODEL_CACHE_HITS.inc()
-                return self._items[key]
+            return self._hit(key)
+
+    def batcher(self, key: str, artifact_dir: Path) -> Batcher:
+        """The model's batcher, loading the model on first use (counted as a hit or a miss).
+        Loading reads weights from disk: call it from a worker thread, not the event loop."""
+        with self._lock:
+            if (hit := self._hit(key)) is not None:
+                return hit
+        # One load at a time, outside the lookup lock (so ``loaded`` never waits for a load):
+        # two requests for a cold model load it once, and a laptop never holds more than
+        # `capacity` models plus the one being loaded.
+        with self._load_lock:
+            with self._lock:
+                if (hit := self._hit(key)) is not None:
+                    return hit  # loaded while this request waited for the load lock
             MODEL_CACHE_MISSES.inc()
-            # Loading under the lock: two requests for a cold model load it once, and a laptop
-            # never holds more than `capacity` models plus the one being loaded.
             model, card = load_artifact(artifact_dir)
             self.loads += 1
             batcher = Batcher(
@@ -71,33 +78,32 @@ class ModelCache:
                     model,
                     card,
                     channels_last=self.channels_last,
-                    logits=_onnx_or_none(create_backend(self.backend_kind, model, artifact_dir)),
+                    logits=_onnx_or_none(
+                        create_backend(self.backend_kind, model, artifact_dir, self.lanes)
+                    ),
                 ),
                 name=key,
                 max_batch=self.max_batch,
                 max_queued=self.max_queued,
             )
-            self._items[key] = batcher
-            while len(self._items) > self.capacity:
-                # Requests already queued on it are answered before its thread stops.
-                self._items.popitem(last=False)[1].close(timeout=0)
+            with self._lock:
+                if key in self._deleted:  # deleted while it loaded
+                    batcher.close(timeout=0)
+                    raise ModelDeleted(f"model version {key} was deleted", details={"id": key})
+                self._items[key] = batcher
+                while len(self._items) > self.capacity:
+                    # Requests already queued on it are answered before its thread stops.
+                    self._items.popitem(last=False)[1].close(timeout=0)
             return batcher
 
-    def run(
-        self,
-        key: str,
-        artifact_dir: Path,
-        kind: Kind,
-        pixels: Sequence[np.ndarray],
-        batcher: Batcher | None = None,
-    ) -> torch.Tensor:
-        """Rows of ``kind`` for ``pixels``, through the model's batcher (blocks the caller)."""
-        for _ in range(3):
-            try:
-                return (batcher or self.batcher(key, artifact_dir)).run(kind, pixels)
-            except BatcherClosed:
-                batcher = None  # evicted between lookup and submit: load it again
-        raise RuntimeError(f"model {key} was evicted three times while a request waited")
+    def _hit(self, key: str) -> Batcher | None:
+        if key in self._deleted:
+            raise ModelDeleted(f"model version {key} was deleted", details={"id": key})
+        batcher = self._items.get(key)
+        if batcher is not None:
+            self._items.move_to_end(key)
+            MODEL_CACHE_HITS.inc()
+        return batcher
 
     def forget(self, key: str) -> None:
         """Drop a version (deleted): its weights are gone from disk. Requests already queued on

@@ -125,6 +125,17 @@ class ModelResolver:
                 self._store(parsed, found)
         return found
 
+    def cached(self, ref: str | ModelRef) -> ResolvedModel | None:
+        """The version ``ref`` names if this process knows it and checked the registry
+        generation less than ``ttl_s`` ago; else None (then ``resolve`` with a session). Costs
+        no SQL and never blocks, so the event loop may call it; a malformed ``ref`` raises
+        ``InvalidModelRef``."""
+        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        if time.monotonic() - self._checked_at >= self.ttl_s:
+            return None
+        with self._lock:
+            return self._cached(parsed)
+
     def forget_alias(self, name: str, alias: str) -> None:
         with self._lock:
             self._epoch += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -140,7 +141,7 @@ def test_model_cache_and_prediction_metrics(tiny_model, delta):
     small_batches = delta("transferlab_prediction_images_bucket", le="2.0")
     cache = ModelCache(capacity=2)
     for n in (3, 1):
-        predict_uploads(
+        predict_run = predict_uploads(
             cache,
             "m1",
             tiny_model,
@@ -149,6 +150,7 @@ def test_model_cache_and_prediction_metrics(tiny_model, delta):
             max_files=8,
             max_pixels=10**6,
         )
+        asyncio.run(predict_run)
     assert (misses(), hits()) == (1, 1)
     assert (requests(), images(), small_batches()) == (2, 4, 1)
 
