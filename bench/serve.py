@@ -387,9 +387,11 @@ def main() -> None:
         for spec, (model_id, _) in models.items():
             url = f"http://127.0.0.1:{port}/v1/models/{model_id}/predict?top_k=1"
             old_url = f"http://127.0.0.1:{old_port}/v1/models/{model_id}/predict?top_k=1"
-            load(url, auth, images, 4, 1.0)  # load the model, warm up
+            # Load the model and warm up at full load: every lane's session, and onnxruntime's
+            # memory plans for the batch sizes that load makes, exist before the first window.
+            load(url, auth, images, args.clients, 3.0)
             if old_api:
-                load(old_url, auth, images, 4, 1.0)
+                load(old_url, auth, images, args.clients, 3.0)
             m: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 ref = in_process(settings, model_id, images, args.batch, 2.0)

@@ -69,11 +69,27 @@ def decode_upload(
     data: bytes, pre: Preprocessor, max_pixels: int, budget: PixelBudget | None = None
 ) -> np.ndarray:
     """(H, W, 3) uint8 at the model's input size; ``ImageRejected`` says why not."""
+    img, _ = open_upload(data, pre, max_pixels)
+    return decode_opened(img, pre, max_pixels, budget)
+
+
+def open_upload(data: bytes, pre: Preprocessor, max_pixels: int) -> tuple[Image.Image, int]:
+    """The image with its header checked and nothing decoded yet, and the pixels its header
+    declares. A JPEG is set to decode at a reduced size, which its ``size`` then gives.
+    ``ImageRejected`` says why not."""
     img = open_unloaded(data, max_pixels)
+    declared = img.width * img.height
+    if img.format in ("JPEG", "MPO"):
+        # The decoder picks the largest 1/2^k scale that keeps both sides >= decode_side.
+        img.draft(None, (pre.decode_side, pre.decode_side))
+    return img, declared
+
+
+def decode_opened(
+    img: Image.Image, pre: Preprocessor, max_pixels: int, budget: PixelBudget | None = None
+) -> np.ndarray:
+    """``decode_upload`` after ``open_upload``; closes ``img``."""
     try:
-        if img.format in ("JPEG", "MPO"):
-            # The decoder picks the largest 1/2^k scale that keeps both sides >= decode_side.
-            img.draft(None, (pre.decode_side, pre.decode_side))
         width, height = img.size
         if budget is None:
             return _to_pixels(img, pre, max_pixels)

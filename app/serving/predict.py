@@ -17,7 +17,6 @@ dependency solving and threadpool dispatch included. See README, Measured, Servi
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from app.errors import InvalidInput, PayloadTooLarge, ServiceError
 from app.observability.metrics import PREDICTION_IMAGES, PREDICTION_LATENCY
 from app.serving.batcher import Batcher, BatcherClosed, Kind
 from app.serving.cache import ModelCache
-from app.serving.decode import PixelBudget, decode_upload
+from app.serving.decode import PixelBudget, decode_opened, decode_upload, open_upload
 
 __all__ = ["decode_upload", "embed_uploads", "predict_uploads"]
 
@@ -39,24 +38,7 @@ __all__ = ["decode_upload", "embed_uploads", "predict_uploads"]
 INLINE_DECODE_PIXELS = 128 * 128
 
 
-def _total_pixels(files: list[tuple[str, bytes]]) -> int:
-    """The pixels of a request's images in all, from their headers (no decoding); an unreadable
-    header counts 0, and decoding then names the file and the reason."""
-    total = 0
-    for _, data in files:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                total += img.width * img.height
-        except Exception:
-            continue
-    return total
-
-
-def _check_files(files: list[tuple[str, bytes]], max_files: int, max_pixels: int) -> int:
-    """The request's pixels in all. All images of one request together may hold at most
-    ``max_pixels`` (the one-image limit, against which a lone image is checked when it is
-    opened). Decoding is memory-bounded (app.serving.decode), so this bounds the CPU time one
-    request can ask for."""
+def _check_count(files: list[tuple[str, bytes]], max_files: int) -> None:
     if not files:
         raise InvalidInput("send at least one image in the 'files' field", code="no_files")
     if len(files) > max_files:
@@ -65,30 +47,64 @@ def _check_files(files: list[tuple[str, bytes]], max_files: int, max_pixels: int
             code="too_many_files",
             details={"limit": max_files},
         )
-    total = _total_pixels(files)
-    if len(files) > 1 and total > max_pixels:
-        raise PayloadTooLarge(
-            f"the images of one request hold {total} pixels in all; the limit is {max_pixels} "
-            "(TRANSFERLAB_MAX_IMAGE_PIXELS): send fewer or smaller images per request",
-            code="predict_too_large",
-            details={"limit_pixels": max_pixels, "pixels": total},
-        )
-    return total
+
+
+def _named(filename: str, exc: ServiceError) -> ServiceError:
+    exc.details = {**exc.details, "filename": filename}
+    exc.message = f"{filename}: {exc.message}"
+    return exc
+
+
+def _open_all(
+    files: list[tuple[str, bytes]], pre: Preprocessor, max_pixels: int
+) -> list[Image.Image]:
+    """Every image opened (headers read and checked, nothing decoded), before the request
+    spends any compute: one bad file fails the request, and the error names the file. All the
+    images of one request together may hold at most ``max_pixels`` (the one-image limit):
+    decoding is memory-bounded (app.serving.decode), so this bounds the CPU time one request
+    can ask for."""
+    images: list[Image.Image] = []
+    total = 0
+    try:
+        for filename, data in files:
+            try:
+                img, declared = open_upload(data, pre, max_pixels)
+            except ServiceError as exc:
+                raise _named(filename, exc) from None
+            images.append(img)
+            total += declared
+        if len(files) > 1 and total > max_pixels:
+            raise PayloadTooLarge(
+                f"the images of one request hold {total} pixels in all; the limit is "
+                f"{max_pixels} (TRANSFERLAB_MAX_IMAGE_PIXELS): send fewer or smaller images per "
+                "request",
+                code="predict_too_large",
+                details={"limit_pixels": max_pixels, "pixels": total},
+            )
+    except ServiceError:
+        for img in images:
+            img.close()
+        raise
+    return images
 
 
 def _decode_all(
-    files: list[tuple[str, bytes]], pre: Preprocessor, max_pixels: int, budget: PixelBudget
+    files: list[tuple[str, bytes]],
+    images: list[Image.Image],
+    pre: Preprocessor,
+    max_pixels: int,
+    budget: PixelBudget,
 ) -> list[np.ndarray]:
-    # Every image is decoded before the request queues: one bad file fails the request before
-    # any compute is spent, and the error names the file.
     pixels: list[np.ndarray] = []
-    for filename, data in files:
-        try:
-            pixels.append(decode_upload(data, pre, max_pixels, budget))
-        except ServiceError as exc:
-            exc.details = {**exc.details, "filename": filename}
-            exc.message = f"{filename}: {exc.message}"
-            raise
+    try:
+        for (filename, _), img in zip(files, images, strict=True):
+            try:
+                pixels.append(decode_opened(img, pre, max_pixels, budget))
+            except ServiceError as exc:
+                raise _named(filename, exc) from None
+    finally:
+        for img in images[len(pixels) :]:
+            img.close()
     return pixels
 
 
@@ -101,15 +117,17 @@ async def _run(
     max_files: int,
     max_pixels: int,
 ) -> tuple[Batcher, np.ndarray]:
-    pixel_count = _check_files(files, max_files, max_pixels)
+    _check_count(files, max_files)
     batcher = cache.loaded(model_id)
     if batcher is None:
         batcher = await run_in_threadpool(cache.batcher, model_id, artifact_dir)
     pre = batcher.predictor.preprocessor
-    if pixel_count <= INLINE_DECODE_PIXELS:
-        pixels = _decode_all(files, pre, max_pixels, cache.decode_budget)
+    images = _open_all(files, pre, max_pixels)
+    budget = cache.decode_budget
+    if sum(img.width * img.height for img in images) <= INLINE_DECODE_PIXELS:
+        pixels = _decode_all(files, images, pre, max_pixels, budget)
     else:
-        pixels = await run_in_threadpool(_decode_all, files, pre, max_pixels, cache.decode_budget)
+        pixels = await run_in_threadpool(_decode_all, files, images, pre, max_pixels, budget)
     for _ in range(3):
         try:
             return batcher, await asyncio.wrap_future(batcher.submit(kind, pixels))

@@ -9,8 +9,10 @@ import uuid
 from PIL import Image
 
 from app.api.limits import HostAllowList
+from app.engine.inference import create_preprocessor
 from app.errors import PayloadTooLarge
-from app.serving.predict import _check_total_pixels
+from app.serving.predict import _open_all
+from tests.serving.conftest import PREPROCESSING
 from worker.features import _cell
 from worker.liveness import touch
 
@@ -23,9 +25,13 @@ def _png(width: int, height: int) -> bytes:
 
 def test_a_request_of_many_large_images_is_refused_before_decoding():
     big = _png(3000, 3000)  # 9 M pixels in a few KB
-    _check_total_pixels([("a.png", big)] * 4, budget=40_000_000)  # 36 M: fits
+    pre = create_preprocessor(PREPROCESSING)
+    opened = _open_all([("a.png", big)] * 4, pre, max_pixels=40_000_000)  # 36 M: fits
+    assert [img.size for img in opened] == [(3000, 3000)] * 4
+    for img in opened:
+        img.close()
     try:
-        _check_total_pixels([("a.png", big)] * 5, budget=40_000_000)
+        _open_all([("a.png", big)] * 5, pre, max_pixels=40_000_000)
     except PayloadTooLarge as exc:
         assert exc.code == "predict_too_large"
         assert exc.details == {"limit_pixels": 40_000_000, "pixels": 45_000_000}

@@ -58,6 +58,52 @@ def test_a_batch_equals_the_eval_transform_image_by_image(preprocessing):
     assert got.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize(
+    "preprocessing",
+    [
+        PREPROCESSING,
+        {**PREPROCESSING, "crop_mode": "squash", "interpolation": "bilinear"},
+        {**PREPROCESSING, "input_size": [3, 64, 64], "crop_pct": 0.95},
+        {**PREPROCESSING, "input_size": [3, 112, 112], "crop_pct": 1.0},
+        {**PREPROCESSING, "input_size": [3, 48, 40], "crop_mode": "squash"},
+        {**PREPROCESSING, "interpolation": "nearest"},
+    ],
+    ids=["center-bicubic", "squash-bilinear", "64-crop-0.95", "112-no-crop", "squash-48x40",
+         "nearest"],
+)  # fmt: skip
+def test_the_plain_pillow_steps_give_the_pixels_of_the_torchvision_steps(preprocessing):
+    """The Pillow fast path (``_ResizeCrop``) against the Compose it replaces, pixel for pixel:
+    landscape, portrait, square, already at the resize size, smaller than the crop (padded),
+    and every mode ToRGB converts."""
+    from torchvision import transforms
+
+    from app.engine.inference import _ResizeCrop
+
+    pre = create_preprocessor(preprocessing)
+    assert isinstance(pre.pil_steps, _ResizeCrop)
+    steps = [s for s in create_eval_transform(preprocessing).transforms]
+    reference = transforms.Compose([steps[0], *steps[1].transforms[:-2]])  # up to ToTensor
+    sizes = [(28, 28), (50, 40), (33, 61), (37, 37), (36, 37), (113, 200), (640, 480), (9, 7)]
+    for i, (width, height) in enumerate(sizes):
+        for mode in ("RGB", "L", "RGBA", "P"):
+            img = smooth(width, height, mode, seed=i)
+            want = np.asarray(reference(img))
+            got = pre.pixels(img)
+            assert got.shape == want.shape, (width, height, mode)
+            assert np.array_equal(got, want), (width, height, mode)
+
+
+def test_other_steps_keep_the_torchvision_compose():
+    from app.engine.inference import _ResizeCrop
+
+    for preprocessing in (
+        {**PREPROCESSING, "crop_mode": "border", "crop_pct": 1.0},  # ResizeKeepRatio + pad
+        {**PREPROCESSING, "input_size": [3, 48, 40]},  # ResizeKeepRatio
+    ):
+        pre = create_preprocessor(preprocessing)
+        assert not isinstance(pre.pil_steps, _ResizeCrop)
+
+
 def test_a_large_jpeg_is_decoded_near_the_model_size():
     """A 6,000 x 4,000 JPEG decodes at 1/8 scale (libjpeg's DCT scaling): what the budget
     reserves is the decoded size, 64 times less than the header's."""
