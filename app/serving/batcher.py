@@ -1,4 +1,4 @@
-"""Adaptive batching across requests: one inference thread per loaded model.
+"""Adaptive batching across requests: inference threads (lanes) per loaded model.
 
 Requests decode and preprocess their own images, then queue model-sized pixels here and get a
 future. The model's inference thread takes everything that is waiting, up to ``max_batch``

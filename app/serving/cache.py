@@ -1,6 +1,6 @@
 """Loaded models, kept in the API process so a prediction does not reload weights each time.
 
-Each loaded model has its batcher (one inference thread, ``app.serving.batcher``); the cache
+Each loaded model has its batcher (its inference threads, ``app.serving.batcher``); the cache
 owns them, closes a model's batcher when the model is evicted, and all of them at shutdown
 (the app's lifespan). The decode budget is process-wide, so it lives here too.
 """
