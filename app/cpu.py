@@ -18,3 +18,14 @@ def prefer_passive_openmp() -> None:
     resnet10t (179 forward, 54 training).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), not all the machine's.
+
+    NOTE a cgroup CPU quota (docker --cpus) is not seen here; set TRANSFERLAB_PREDICT_LANES there.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -10,7 +10,6 @@ Two variables switch it to the production stack:
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from app.cpu import usable_cpus
 from app.storage.artifacts import ArtifactStore
 from app.storage.layout import DataLayout
 
@@ -100,11 +100,11 @@ class Settings(BaseSettings):
         default=64, ge=1, le=1024, description="most images in one forward pass of a served model"
     )
     predict_lanes: int = Field(
-        default_factory=lambda: min(4, os.cpu_count() or 1),
+        default_factory=lambda: min(4, usable_cpus()),
         ge=1,
         le=64,
-        description="forward passes one served model may run at once, each on one core "
-        "(onnx backend; torch runs one at a time); a lone request uses every core instead",
+        description="forward passes one served model may run at once, each on its share of the "
+        "cores (onnx backend; torch runs one at a time); a lone request uses every core instead",
     )
     predict_max_queued: int = Field(
         default=256,

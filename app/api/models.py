@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from fastapi import APIRouter, File, Query, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import require_scope
 from app.api.deps import (
@@ -150,7 +153,7 @@ async def predict(
     cache: ModelCacheDep,
     files: list[UploadFile] = PREDICT_FILES,
     top_k: int = Query(5, ge=1, le=1000),
-) -> PredictionOut:
+) -> Response:
     # async: the forward pass runs on the model's inference thread and the request awaits it;
     # see app/serving/predict.py for what else runs where.
     results = await predict_uploads(
@@ -162,14 +165,17 @@ async def predict(
         max_files=settings.max_predict_files,
         max_pixels=settings.max_image_pixels,
     )
-    return PredictionOut(
-        model_id=model.id,
-        predictions=[
-            ImagePrediction(
-                filename=name, top_k=[ClassScore(label=c, probability=p) for c, p in scores]
-            )
-            for name, scores in results
-        ],
+    return await json_response(
+        lambda: PredictionOut(
+            model_id=model.id,
+            predictions=[
+                ImagePrediction(
+                    filename=name, top_k=[ClassScore(label=c, probability=p) for c, p in scores]
+                )
+                for name, scores in results
+            ],
+        ),
+        items=sum(len(scores) for _, scores in results),
     )
 
 
@@ -193,7 +199,7 @@ async def embed(
     artifacts: ArtifactsDep,
     cache: ModelCacheDep,
     files: list[UploadFile] = PREDICT_FILES,
-) -> EmbeddingOut:
+) -> Response:
     results = await embed_uploads(
         cache,
         str(model.id),
@@ -202,8 +208,26 @@ async def embed(
         max_files=settings.max_predict_files,
         max_pixels=settings.max_image_pixels,
     )
-    return EmbeddingOut(
-        model_id=model.id,
-        dimension=len(results[0][1]),
-        embeddings=[ImageEmbedding(filename=name, vector=vector) for name, vector in results],
+    return await json_response(
+        lambda: EmbeddingOut(
+            model_id=model.id,
+            dimension=len(results[0][1]),
+            embeddings=[ImageEmbedding(filename=name, vector=vector) for name, vector in results],
+        ),
+        items=sum(len(vector) for _, vector in results),
     )
+
+
+# Above this many scores or vector entries a response is built on a worker thread: 64 images x
+# top_k 1000 took about 0.25 s to build and serialise, which must not stall the event loop.
+LOOP_RESPONSE_ITEMS = 1024
+
+
+async def json_response(build: Callable[[], BaseModel], *, items: int) -> Response:
+    """``build()`` serialised (the route's response_model documents it). Returning the body
+    ourselves also spares FastAPI's second validation of the model on the loop."""
+
+    def render() -> Response:
+        return Response(build().model_dump_json(), media_type="application/json")
+
+    return render() if items <= LOOP_RESPONSE_ITEMS else await run_in_threadpool(render)

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from app.cpu import usable_cpus
 from app.engine import torch_forward
 from app.engine.onnx import ONNX_FILE, create_onnx_session, run_onnx
 
@@ -68,7 +69,9 @@ class OnnxBackend:
         self.path = path
         self.lanes = max(1, lanes)
         self._wide = create_onnx_session(path)  # loads now: a broken file fails the load
-        self._lean: dict[int, Any] = {}  # thread id -> its one-core session, made on first use
+        # Each lane's session gets its share of the cores: one each on a 2-core machine.
+        self.lane_threads = max(1, usable_cpus() // self.lanes)
+        self._lean: dict[int, Any] = {}  # thread id -> its session, made on first use
         self._lock = threading.Lock()
 
     def forward(self, batch: torch.Tensor, wide: bool = True) -> torch.Tensor:
@@ -81,7 +84,7 @@ class OnnxBackend:
         if session is None:
             with self._lock:
                 session = self._lean.setdefault(
-                    key, create_onnx_session(self.path, threads=1, spinning=False)
+                    key, create_onnx_session(self.path, threads=self.lane_threads, spinning=False)
                 )
         return session
 

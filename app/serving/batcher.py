@@ -84,6 +84,9 @@ class Batcher:
         # Passes that may run at once (the backend's lanes), and how many run now.
         self.lanes = predictor.lanes
         self._running = 0
+        # Embeddings run on the eager model, whose threads are process-wide: one pass at a time
+        # whatever the lanes.
+        self._eager = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, name=f"inference-{name}#{lane}", daemon=True)
             for lane in range(self.lanes)
@@ -178,11 +181,11 @@ class Batcher:
         try:
             pre = self.predictor.preprocessor
             x = pre.batch([p for r in group for p in r.pixels])
-            out = (
-                self.predictor.probabilities(x, wide)
-                if kind == "probabilities"
-                else self.predictor.embeddings(x)
-            ).numpy()
+            if kind == "probabilities":
+                out = self.predictor.probabilities(x, wide).numpy()
+            else:
+                with self._eager:
+                    out = self.predictor.embeddings(x).numpy()
         except Exception as exc:  # the requests get the error; the thread lives on
             log.exception("inference failed for model %s", self.name)
             for r in group:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.engine import load_artifact
 from app.engine.inference import Predictor
-from app.errors import NotFound
+from app.errors import NotFound, ServiceError
 from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
 from app.serving.backends import Backend, create_backend
 from app.serving.batcher import Batcher
@@ -22,6 +22,11 @@ from app.serving.decode import PixelBudget
 
 class ModelDeleted(NotFound):
     code = "model_not_found"
+
+
+class ShuttingDown(ServiceError):
+    status_code = 503
+    code = "shutting_down"
 
 
 class ModelCache:
@@ -49,6 +54,7 @@ class ModelCache:
         self._lock = threading.Lock()  # the items; held only for dictionary operations
         self._load_lock = threading.Lock()
         self._deleted: set[str] = set()  # version ids are never reused
+        self._closed = False
         self.loads = 0  # how many times weights were read from disk (for tests and metrics)
 
     def loaded(self, key: str) -> Batcher | None:
@@ -87,8 +93,10 @@ class ModelCache:
                 max_queued=self.max_queued,
             )
             with self._lock:
-                if key in self._deleted:  # deleted while it loaded
+                if key in self._deleted or self._closed:  # deleted or shut down while it loaded
                     batcher.close(timeout=0)
+                    if self._closed:
+                        raise ShuttingDown("the API is shutting down; retry on another instance")
                     raise ModelDeleted(f"model version {key} was deleted", details={"id": key})
                 self._items[key] = batcher
                 while len(self._items) > self.capacity:
@@ -117,6 +125,7 @@ class ModelCache:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             batchers = list(self._items.values())
             self._items.clear()
         for batcher in batchers:

@@ -1,17 +1,22 @@
 """Prediction and embeddings on uploaded images, with exactly the evaluation preprocessing of
 the model, through the model's batcher.
 
-Runs on the event loop and never blocks it for long: the forward pass runs on the model's
-inference thread (the request awaits its future), loading a model runs on a worker thread, and
-so does decoding, except for requests whose images are small enough to decode on the loop in
-about a millisecond (``INLINE_DECODE_PIXELS``): for those a trip to a worker thread and back
-would cost more than the decoding.
+Runs on the event loop and never blocks it: loading a model, and opening and decoding a
+request's images (one trip to a worker thread for both), run on worker threads; the forward pass
+runs on one of the model's inference threads, and the request awaits its future.
 
-NOTE bench/serve.py measured why (resnet10t at 64 px, onnx, 32 clients of one 28 x 28 PNG each):
-with the route a plain ``def``, a prediction went through FastAPI's threadpool four times (the
-session's enter and exit, the model lookup, the route) and then to the inference thread, and
-py-spy (``--gil``) put the event loop at three quarters of the samples that held the GIL,
-dependency solving and threadpool dispatch included. See README, Measured, Serving.
+NOTE opening and decoding stay off the loop even for tiny images: reading a PNG's header
+unpacks its text chunks (up to 64 MB per image: a 66 KB PNG of 63 zTXt chunks took 0.23 s), and
+a decode may wait for the process-wide pixel budget or for the lock a GIF decode holds. A version
+that decoded requests of at most 128 x 128 pixels on the loop saved that trip (bench/serve.py);
+an attack on it stalled every request of the process.
+
+NOTE bench/serve.py measured why the routes are async (resnet10t at 64 px, onnx, 32 clients of
+one 28 x 28 PNG each): with the route a plain ``def``, a prediction went through FastAPI's
+threadpool four times (the session's enter and exit, the model lookup, the route) and then to
+the inference thread, and py-spy (``--gil``) put the event loop at three quarters of the samples
+that held the GIL, dependency solving and threadpool dispatch included. See README, Measured,
+Serving.
 """
 
 from __future__ import annotations
@@ -32,10 +37,6 @@ from app.serving.cache import ModelCache
 from app.serving.decode import PixelBudget, decode_opened, decode_upload, open_upload
 
 __all__ = ["decode_upload", "embed_uploads", "predict_uploads"]
-
-# A request whose images hold at most this many pixels in all is decoded on the event loop:
-# 128 x 128 decodes and preprocesses in 0.3-1.0 ms here (PNG or JPEG, to 64 or 112 px).
-INLINE_DECODE_PIXELS = 128 * 128
 
 
 def _check_count(files: list[tuple[str, bytes]], max_files: int) -> None:
@@ -108,6 +109,12 @@ def _decode_all(
     return pixels
 
 
+def _open_and_decode(
+    files: list[tuple[str, bytes]], pre: Preprocessor, max_pixels: int, budget: PixelBudget
+) -> list[np.ndarray]:
+    return _decode_all(files, _open_all(files, pre, max_pixels), pre, max_pixels, budget)
+
+
 async def _run(
     cache: ModelCache,
     model_id: str,
@@ -121,13 +128,9 @@ async def _run(
     batcher = cache.loaded(model_id)
     if batcher is None:
         batcher = await run_in_threadpool(cache.batcher, model_id, artifact_dir)
-    pre = batcher.predictor.preprocessor
-    images = _open_all(files, pre, max_pixels)
-    budget = cache.decode_budget
-    if sum(img.width * img.height for img in images) <= INLINE_DECODE_PIXELS:
-        pixels = _decode_all(files, images, pre, max_pixels, budget)
-    else:
-        pixels = await run_in_threadpool(_decode_all, files, images, pre, max_pixels, budget)
+    pixels = await run_in_threadpool(
+        _open_and_decode, files, batcher.predictor.preprocessor, max_pixels, cache.decode_budget
+    )
     for _ in range(3):
         try:
             return batcher, await asyncio.wrap_future(batcher.submit(kind, pixels))

@@ -4,6 +4,7 @@ the same batcher as predictions."""
 from __future__ import annotations
 
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -104,3 +105,48 @@ def test_embed_is_documented(client):
     name = schema.rsplit("/", 1)[1]
     spec = client.get("/openapi.json").json()["components"]["schemas"][name]
     assert spec["examples"][0]["embeddings"][0]["vector"]
+
+
+def test_a_large_answer_is_built_off_the_event_loop_and_equals_small_ones(
+    client, settings, model_id, photos, monkeypatch
+):
+    """Past LOOP_RESPONSE_ITEMS entries the body is built on a worker thread; its content is
+    what the same images give in small requests."""
+    from app.api import models as routes
+
+    dimension = post(client, model_id, photos[:1], route="embed").json()["dimension"]
+    images = (photos * 64)[: routes.LOOP_RESPONSE_ITEMS // dimension + 2]
+    built_on: list[str] = []
+    original = routes.EmbeddingOut.model_dump_json
+
+    def recorded(self, *args, **kwargs):
+        built_on.append(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(routes.EmbeddingOut, "model_dump_json", recorded)
+    big = post(client, model_id, images, route="embed")
+    assert big.status_code == 200, big.text
+    assert built_on and built_on[-1].startswith("AnyIO worker thread")
+    small = [post(client, model_id, [p], route="embed").json() for p in photos]
+    vectors = [e["vector"] for e in big.json()["embeddings"]]
+    for i, vector in enumerate(vectors):
+        assert vector == pytest.approx(small[i % len(photos)]["embeddings"][0]["vector"], abs=1e-5)
+
+
+def test_uploads_are_opened_and_decoded_off_the_event_loop(client, model_id, photos, monkeypatch):
+    """Even a tiny image: opening a PNG may unpack megabytes of text chunks."""
+    from app.serving import predict as serving
+
+    seen: list[str] = []
+    original = serving.open_upload
+
+    def recorded(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "open_upload", recorded)
+    assert post(client, model_id, photos[:2]).status_code == 200
+    loop_threads = {t.name for t in threading.enumerate() if "portal" in t.name.lower()}
+    assert len(seen) == 2
+    assert all(name.startswith("AnyIO worker thread") for name in seen), seen
+    assert not set(seen) & ({"MainThread"} | loop_threads)
