@@ -203,12 +203,15 @@ class Predictor:
 
 
 def top_k(
-    probabilities: torch.Tensor, class_names: Sequence[str], k: int
+    probabilities: np.ndarray | torch.Tensor, class_names: Sequence[str], k: int
 ) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) per row, most likely first."""
+    """Top-k (class name, probability) per row, most likely first. numpy (a CPU tensor is
+    read as an array): the API calls it on its event loop, where torch does not run."""
+    probs = np.asarray(probabilities)
     k = max(1, min(int(k), len(class_names)))
-    probs, indices = probabilities.topk(k, dim=1)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    rows = np.take_along_axis(probs, order, axis=1)
     return [
         [(class_names[i], p) for p, i in zip(row_p, row_i, strict=True)]
-        for row_p, row_i in zip(probs.tolist(), indices.tolist(), strict=True)
+        for row_p, row_i in zip(rows.tolist(), order.tolist(), strict=True)
     ]

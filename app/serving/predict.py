@@ -30,6 +30,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.engine.inference import Preprocessor
+from app.engine.inference import top_k as top_k_rows
 from app.errors import InvalidInput, PayloadTooLarge, ServiceError
 from app.observability.metrics import PREDICTION_IMAGES, PREDICTION_LATENCY
 from app.serving.batcher import Batcher, BatcherClosed, Kind
@@ -137,20 +138,6 @@ async def _run(
         except BatcherClosed:  # evicted since the lookup: load it again
             batcher = await run_in_threadpool(cache.batcher, model_id, artifact_dir)
     raise RuntimeError(f"model {model_id} was evicted three times while a request waited")
-
-
-def top_k_rows(
-    probabilities: np.ndarray, class_names: tuple[str, ...] | list[str], k: int
-) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) per row, most likely first (numpy: no torch on the
-    event loop)."""
-    k = max(1, min(int(k), len(class_names)))
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    rows = np.take_along_axis(probabilities, order, axis=1)
-    return [
-        [(class_names[i], p) for p, i in zip(row_p, row_i, strict=True)]
-        for row_p, row_i in zip(rows.tolist(), order.tolist(), strict=True)
-    ]
 
 
 async def predict_uploads(
