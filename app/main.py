@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         decode_budget_pixels=settings.decode_budget_pixels,
         channels_last=settings.predict_channels_last,
         lanes=settings.predict_lanes,
+        lane_processes=settings.predict_lane_processes,
+        max_image_pixels=settings.max_image_pixels,
     )
     app.state.model_resolver = ModelResolver(settings.registry_cache_s)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)

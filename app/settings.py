@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="forward passes one served model may run at once, each on its share of the "
         "cores (onnx backend; torch runs one at a time); a lone request uses every core instead",
     )
+    predict_lane_processes: bool = Field(
+        default=True,
+        description="run an onnx model's lanes as processes of their own (numpy, Pillow and "
+        "onnxruntime), fed by the event loop, instead of threads of the API process",
+    )
     predict_max_queued: int = Field(
         default=256,
         ge=1,

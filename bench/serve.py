@@ -13,7 +13,9 @@ registered as a model version the way the worker registers one):
 - concurrency 1: the service's p50 against in-process decode + preprocess + forward of one
   image (target: <= 1.3x that + 3 ms);
 - a flood of large images (8 clients, 12-megapixel JPEGs and 4,000 x 3,000 PNGs): the API
-  process's peak memory (VmHWM) over its memory before the flood.
+  process's peak memory (VmHWM) over its memory before the flood, and its lane processes' peak.
+
+"API CPU / img" counts the API process and its lane processes (app.serving.lanes).
 
     .venv/bin/python bench/serve.py                       # about 4 minutes on 2 CPU cores
     .venv/bin/python bench/serve.py --models resnet10t:64 --seconds 5
@@ -28,6 +30,7 @@ idle machine; on a shared one, compare the ratios of one run rather than absolut
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -125,7 +128,10 @@ def in_process(
 ) -> dict[str, float]:
     """F, P and the one-image latency with the service's own functions and backend, in this
     process."""
-    cache = ModelCache(1, backend=settings.serving_backend, lanes=settings.predict_lanes)
+    # F runs the model here, in this process: no lane processes.
+    cache = ModelCache(
+        1, backend=settings.serving_backend, lanes=settings.predict_lanes, lane_processes=False
+    )
     path = settings.artifacts.path(settings.artifacts.model_key(model_id))
     batcher = cache.batcher(model_id, path)
     runner, pre = batcher.predictor, batcher.predictor.preprocessor
@@ -293,9 +299,14 @@ def batch_metrics(port: int, auth: dict[str, str]) -> tuple[float, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, all its threads."""
+    """utime + stime of a process, all its threads, and of its child processes (the API's lane
+    processes) while they run."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):  # ended meanwhile
+            total += cpu_seconds(int(child))
+    return total
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -458,8 +469,15 @@ def main() -> None:
                 for name, body in large_images():
                     results[name] = load(url, auth, [body], 8, args.seconds / 2, filename=name)
                 peak = memory_kib(process.pid, "VmHWM")
+                lanes = [
+                    memory_kib(int(c), "VmHWM")
+                    for c in Path(f"/proc/{process.pid}/task/{process.pid}/children")
+                    .read_text()
+                    .split()
+                ]
                 flood_rows.append([
                     label, f"{(peak - before) / 1024:.0f} MiB",
+                    f"{len(lanes)}, {sum(lanes) / 1024:.0f} MiB" if lanes else "-",
                     *(f"{r['rate']:.1f} images/s, p99 {r['p99_ms']:.0f} ms, {r['errors']} errors"
                       for r in results.values()),
                 ])  # fmt: skip
@@ -549,6 +567,7 @@ def main() -> None:
                 [
                     "API",
                     "peak memory over its start (VmHWM - VmRSS)",
+                    "lane processes, their peak memory (VmHWM) in all",
                     "4000x3000 JPEG, 8 clients",
                     "4000x3000 PNG, 8 clients",
                 ],

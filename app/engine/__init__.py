@@ -1,7 +1,8 @@
 """TransferLab's ML core: transfer learning on images with timm backbones.
 
-A plain library (torch, torchvision, timm, safetensors, PIL, numpy): it imports nothing else from
-the project, reads no environment variables and takes frozen dataclasses as inputs.
+A plain library (torch, torchvision, timm, safetensors, PIL, numpy): of the project it imports only
+``app.pixels`` (the PIL half of preprocessing, kept free of torch for serving's lane processes),
+reads no environment variables and takes frozen dataclasses as inputs.
 """
 
 from app.engine.callbacks import Callback

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import (
     DataLoader,
@@ -23,6 +23,7 @@ from torchvision import transforms
 
 from app.engine.errors import EngineError
 from app.engine.specs import DatasetSplits
+from app.pixels import ToRGB
 
 Sample = tuple[str, int]
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -43,23 +44,6 @@ def resolve_preprocessing(base: Mapping[str, Any], image_size: int | None) -> di
 def _timm_kwargs(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
     # The card stores lists (JSON); timm wants tuples for sizes and statistics.
     return {k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
-
-
-_EXIF_ORIENTATION = 0x0112
-
-
-class ToRGB:
-    """Upright 3-channel PIL image: greyscale (MNIST, digits), palette and RGBA inputs all work,
-    and phone photos are rotated as their EXIF says before any crop."""
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        # Check the tag first: exif_transpose copies the whole image even when nothing rotates.
-        if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-            img = ImageOps.exif_transpose(img)
-        return img if img.mode == "RGB" else img.convert("RGB")
-
-    def __repr__(self) -> str:
-        return "ToRGB()"
 
 
 def _compose(timm_transform: Callable[[Image.Image], torch.Tensor]) -> Transform:

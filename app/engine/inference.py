@@ -28,9 +28,10 @@ from torch import nn
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from app.engine.data import ToRGB, create_eval_transform
+from app.engine.data import create_eval_transform
 from app.engine.heads import ProbedModel
 from app.engine.specs import ModelCard
+from app.pixels import ResizeCrop, ToRGB
 
 # Decoding keeps at least this many times the resize target on each side before the model's
 # own resize runs, so the antialiased resize still sees several source pixels per output pixel
@@ -78,53 +79,24 @@ def create_preprocessor(preprocessing: Mapping[str, Any]) -> Preprocessor:
     std = torch.as_tensor(normalize.std, dtype=torch.float32).view(1, -1, 1, 1)
     _, height, width = preprocessing["input_size"]
     scale = math.ceil(max(height, width) / float(preprocessing.get("crop_pct") or 1.0))
-    pil_steps = _ResizeCrop.of(steps) or transforms.Compose(steps)
+    pil_steps = _resize_crop(steps) or transforms.Compose(steps)
     return Preprocessor(pil_steps, mean, std, DECODE_MARGIN * scale)
 
 
-class _ResizeCrop:
-    """ToRGB, Resize and CenterCrop (timm's eval transform before ToTensor) as plain Pillow
-    calls, with torchvision's arithmetic for the sizes: the same pixels without the modules'
-    call machinery, which cost as much as the resize itself on small images (a 28 x 28 PNG at
-    64 px: 141 us through the Compose, about 80 us here). tests/serving/test_decode.py checks
-    the pixels against the Compose over many sizes; anything else keeps the Compose."""
-
-    def __init__(self, to_rgb: ToRGB, size: list[int], resample: int, crop: tuple[int, int]):
-        self.to_rgb, self.size, self.resample, self.crop = to_rgb, size, resample, crop
-
-    @classmethod
-    def of(cls, steps: list[Any]) -> _ResizeCrop | None:
-        if len(steps) != 3 or [type(s) for s in steps[1:]] != [
-            transforms.Resize,
-            transforms.CenterCrop,
-        ]:
-            return None
-        to_rgb, resize, crop = steps
-        size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
-        resample = TF.pil_modes_mapping.get(resize.interpolation)
-        if resize.max_size is not None or resample is None or len(size) not in (1, 2):
-            return None
-        return cls(to_rgb, size, resample, (int(crop.size[0]), int(crop.size[1])))
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        img = self.to_rgb(img)
-        width, height = img.size
-        if len(self.size) == 2:
-            new_height, new_width = self.size
-        else:  # the shorter side to size, the longer in proportion (rounded down)
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = self.size[0], int(self.size[0] * long / short)
-            new_width, new_height = (
-                (new_short, new_long) if width <= height else (new_long, new_short)
-            )
-        if (new_width, new_height) != (width, height):
-            img = img.resize((new_width, new_height), self.resample)
-        crop_height, crop_width = self.crop
-        if crop_width > img.width or crop_height > img.height:
-            return TF.center_crop(img, list(self.crop))  # pads; never for timm's eval sizes
-        top = round((img.height - crop_height) / 2.0)
-        left = round((img.width - crop_width) / 2.0)
-        return img.crop((left, top, left + crop_width, top + crop_height))
+def _resize_crop(steps: list[Any]) -> ResizeCrop | None:
+    """``steps`` as a ``ResizeCrop`` if they are ToRGB, Resize and CenterCrop with sizes and a
+    filter it handles, else None."""
+    if len(steps) != 3 or [type(s) for s in steps[1:]] != [
+        transforms.Resize,
+        transforms.CenterCrop,
+    ]:
+        return None
+    _, resize, crop = steps
+    size = [resize.size] if isinstance(resize.size, int) else list(resize.size)
+    resample = TF.pil_modes_mapping.get(resize.interpolation)
+    if resize.max_size is not None or resample is None or len(size) not in (1, 2):
+        return None
+    return ResizeCrop(size, resample, (int(crop.size[0]), int(crop.size[1])))
 
 
 def _flatten(transform: Any) -> list[Any]:

@@ -11,13 +11,16 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from app.cpu import usable_cpus
 from app.engine import load_artifact
 from app.engine.inference import Predictor
 from app.errors import NotFound, ServiceError
 from app.observability.metrics import MODEL_CACHE_HITS, MODEL_CACHE_MISSES
-from app.serving.backends import Backend, create_backend
+from app.pixels import ResizeCrop
+from app.serving.backends import Backend, OnnxBackend, create_backend
 from app.serving.batcher import Batcher
 from app.serving.decode import PixelBudget
+from app.serving.lanes import LaneProcesses
 
 
 class ModelDeleted(NotFound):
@@ -42,6 +45,8 @@ class ModelCache:
         decode_budget_pixels: int = 2**24,
         channels_last: bool = True,
         lanes: int = 1,
+        lane_processes: bool = True,
+        max_image_pixels: int = 89_478_485,
     ) -> None:
         self.capacity = max(1, capacity)
         self.backend_kind = backend
@@ -49,6 +54,8 @@ class ModelCache:
         self.max_queued = max_queued
         self.channels_last = channels_last
         self.lanes = lanes
+        self.lane_processes = lane_processes
+        self.max_image_pixels = max_image_pixels
         self.decode_budget = PixelBudget(decode_budget_pixels)
         self._items: OrderedDict[str, Batcher] = OrderedDict()
         self._lock = threading.Lock()  # the items; held only for dictionary operations
@@ -92,6 +99,12 @@ class ModelCache:
                 max_batch=self.max_batch,
                 max_queued=self.max_queued,
             )
+            if self.lane_processes:
+                try:
+                    batcher.processes = self._lane_processes(key, batcher.predictor)
+                except Exception:
+                    batcher.close(timeout=0)
+                    raise
             with self._lock:
                 if key in self._deleted or self._closed:  # deleted or shut down while it loaded
                     batcher.close(timeout=0)
@@ -103,6 +116,30 @@ class ModelCache:
                     # Requests already queued on it are answered before its thread stops.
                     self._items.popitem(last=False)[1].close(timeout=0)
             return batcher
+
+    def _lane_processes(self, key: str, predictor: Predictor) -> LaneProcesses | None:
+        """Lane processes for an onnx model whose preprocessing they can run without torch
+        (timm's eval transform: ``ResizeCrop``); None for any other."""
+        backend, pre = predictor.logits, predictor.preprocessor
+        if not isinstance(backend, OnnxBackend) or not isinstance(pre.pil_steps, ResizeCrop):
+            return None
+        config = {
+            "path": str(backend.path),
+            "threads": backend.lane_threads,
+            "wide_threads": usable_cpus(),
+            "mean": pre.mean.flatten().tolist(),
+            "std": pre.std.flatten().tolist(),
+            "resize_crop": pre.pil_steps.spec(),
+            "decode_side": pre.decode_side,
+        }
+        return LaneProcesses(
+            config,
+            name=key,
+            lanes=backend.lanes,
+            max_pixels=self.max_image_pixels,
+            max_batch=self.max_batch,
+            max_queued=self.max_queued,
+        )
 
     def _hit(self, key: str) -> Batcher | None:
         if key in self._deleted:

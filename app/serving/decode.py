@@ -25,15 +25,33 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from app.engine.inference import Preprocessor
+from app.errors import PayloadTooLarge, ServiceError
 from app.storage.images import load_checked, open_unloaded
+
+# A request whose uploads hold at most this many bytes is opened and decoded by the inference
+# lane that takes it, if each image decodes to at most this many pixels (then without the pixel
+# budget); any other request on a worker thread (app.serving.predict).
+LANE_DECODE_BYTES = 32 * 1024
+LANE_DECODE_PIXELS = 1024 * 1024
 
 # Modes a box resize handles; others ("P", "1", "I;16") are converted first, as ToRGB would.
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
+
+
+class Steps(Protocol):
+    """What decoding needs of a model's preprocessing (``app.engine.inference.Preprocessor``,
+    or ``LaneSteps`` where torch is not imported)."""
+
+    @property
+    def decode_side(self) -> int:
+        """Decoders may shrink an image while both its sides stay >= this."""
+
+    def pixels(self, img: Image.Image) -> np.ndarray: ...
 
 
 class PixelBudget:
@@ -66,14 +84,14 @@ class PixelBudget:
 
 
 def decode_upload(
-    data: bytes, pre: Preprocessor, max_pixels: int, budget: PixelBudget | None = None
+    data: bytes, pre: Steps, max_pixels: int, budget: PixelBudget | None = None
 ) -> np.ndarray:
     """(H, W, 3) uint8 at the model's input size; ``ImageRejected`` says why not."""
     img, _ = open_upload(data, pre, max_pixels)
     return decode_opened(img, pre, max_pixels, budget)
 
 
-def open_upload(data: bytes, pre: Preprocessor, max_pixels: int) -> tuple[Image.Image, int]:
+def open_upload(data: bytes, pre: Steps, max_pixels: int) -> tuple[Image.Image, int]:
     """The image with its header checked and nothing decoded yet, and the pixels its header
     declares. A JPEG is set to decode at a reduced size, which its ``size`` then gives.
     ``ImageRejected`` says why not."""
@@ -86,7 +104,7 @@ def open_upload(data: bytes, pre: Preprocessor, max_pixels: int) -> tuple[Image.
 
 
 def decode_opened(
-    img: Image.Image, pre: Preprocessor, max_pixels: int, budget: PixelBudget | None = None
+    img: Image.Image, pre: Steps, max_pixels: int, budget: PixelBudget | None = None
 ) -> np.ndarray:
     """``decode_upload`` after ``open_upload``; closes ``img``."""
     try:
@@ -99,7 +117,7 @@ def decode_opened(
         img.close()
 
 
-def _to_pixels(img: Image.Image, pre: Preprocessor, max_pixels: int) -> np.ndarray:
+def _to_pixels(img: Image.Image, pre: Steps, max_pixels: int) -> np.ndarray:
     load_checked(img, max_pixels)
     factor = min(img.size) / pre.decode_side
     if factor >= 2:
@@ -112,3 +130,84 @@ def _to_pixels(img: Image.Image, pre: Preprocessor, max_pixels: int) -> np.ndarr
         size = (max(1, round(img.width / factor)), max(1, round(img.height / factor)))
         img = img.resize(size, Image.Resampling.BOX)
     return pre.pixels(img)
+
+
+def named(filename: str, exc: ServiceError) -> ServiceError:
+    exc.details = {**exc.details, "filename": filename}
+    exc.message = f"{filename}: {exc.message}"
+    return exc
+
+
+def open_all(files: list[tuple[str, bytes]], pre: Steps, max_pixels: int) -> list[Image.Image]:
+    """Every image opened (headers read and checked, nothing decoded), before the request
+    spends any compute: one bad file fails the request, and the error names the file. All the
+    images of one request together may hold at most ``max_pixels`` (the one-image limit):
+    decoding is memory-bounded (above), so this bounds the CPU time one request
+    can ask for."""
+    images: list[Image.Image] = []
+    total = 0
+    try:
+        for filename, data in files:
+            try:
+                img, declared = open_upload(data, pre, max_pixels)
+            except ServiceError as exc:
+                raise named(filename, exc) from None
+            images.append(img)
+            total += declared
+        if len(files) > 1 and total > max_pixels:
+            raise PayloadTooLarge(
+                f"the images of one request hold {total} pixels in all; the limit is "
+                f"{max_pixels} (TRANSFERLAB_MAX_IMAGE_PIXELS): send fewer or smaller images per "
+                "request",
+                code="predict_too_large",
+                details={"limit_pixels": max_pixels, "pixels": total},
+            )
+    except ServiceError:
+        for img in images:
+            img.close()
+        raise
+    return images
+
+
+def decode_all(
+    files: list[tuple[str, bytes]],
+    images: list[Image.Image],
+    pre: Steps,
+    max_pixels: int,
+    budget: PixelBudget | None,
+) -> list[np.ndarray]:
+    pixels: list[np.ndarray] = []
+    try:
+        for (filename, _), img in zip(files, images, strict=True):
+            try:
+                pixels.append(decode_opened(img, pre, max_pixels, budget))
+            except ServiceError as exc:
+                raise named(filename, exc) from None
+    finally:
+        for img in images[len(pixels) :]:
+            img.close()
+    return pixels
+
+
+def open_and_decode(
+    files: list[tuple[str, bytes]], pre: Steps, max_pixels: int, budget: PixelBudget
+) -> list[np.ndarray]:
+    return decode_all(files, open_all(files, pre, max_pixels), pre, max_pixels, budget)
+
+
+class TooLargeForLane(Exception):
+    """An image of the request is too large to decode on an inference lane."""
+
+
+def open_and_decode_small(
+    files: list[tuple[str, bytes]], pre: Steps, max_pixels: int
+) -> list[np.ndarray]:
+    """``open_and_decode`` for an inference lane: every image at most ``LANE_DECODE_PIXELS``
+    at the size it decodes to (a JPEG's reduced size), which then needs no pixel budget: a
+    lane never waits for other requests' decodes. ``TooLargeForLane`` otherwise."""
+    images = open_all(files, pre, max_pixels)
+    if any(img.width * img.height > LANE_DECODE_PIXELS for img in images):
+        for img in images:
+            img.close()
+        raise TooLargeForLane
+    return decode_all(files, images, pre, max_pixels, None)

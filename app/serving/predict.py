@@ -1,9 +1,26 @@
 """Prediction and embeddings on uploaded images, with exactly the evaluation preprocessing of
 the model, through the model's batcher.
 
-Runs on the event loop and never blocks it: loading a model, and opening and decoding a
-request's images (one trip to a worker thread for both), run on worker threads; the forward pass
-runs on one of the model's inference threads, and the request awaits its future.
+Runs on the event loop and never blocks it: loading a model runs on a worker thread; a request's
+images are opened and decoded off the loop, and the forward pass runs in one of the model's
+lanes while the request awaits it: an onnx model's predictions in lane processes
+(app.serving.lanes), anything else on the inference threads of its batcher
+(app.serving.batcher).
+
+Where the images are decoded. A small request (uploads of at most ``LANE_DECODE_BYTES``, each
+image at most ``LANE_DECODE_PIXELS`` at the size it decodes to) is queued still encoded, and the
+lane that takes it opens and decodes it just before the pass: the request makes one trip off the
+loop instead of two. Any other request is decoded on a worker thread first, under the
+process-wide pixel budget; a request that passes the byte test but opens to too many pixels (a
+flat PNG compresses 1,000:1) goes back to a worker thread from the lane. So a lane never waits
+for the budget, and the most one request can hold a lane's pass is what 32 KB of uploads takes
+to open and decode at 1 M pixels an image. A bad image fails its own request, not the pass.
+
+NOTE bench/serve.py measured the lane decode against decoding every request on a worker thread,
+with thread lanes (resnet10t at 64 px, onnx, 32 clients of one 28 x 28 PNG each, 6 alternating
+rounds): 381 against 344 images/s, the API's CPU per image about 0.4 ms less (the worker-thread
+trip cost the event loop about a tenth of its time: waking a worker thread, then the result's
+way back); with torch 300 against 271. See README, Measured, Serving.
 
 NOTE opening and decoding stay off the loop even for tiny images: reading a PNG's header
 unpacks its text chunks (up to 64 MB per image: a 66 KB PNG of 63 zTXt chunks took 0.23 s), and
@@ -23,19 +40,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.engine.inference import Preprocessor
 from app.engine.inference import top_k as top_k_rows
-from app.errors import InvalidInput, PayloadTooLarge, ServiceError
+from app.errors import InvalidInput, PayloadTooLarge
 from app.observability.metrics import PREDICTION_IMAGES, PREDICTION_LATENCY
-from app.serving.batcher import Batcher, BatcherClosed, Kind
+from app.serving.batcher import Batcher, BatcherClosed, Encoded, Kind
 from app.serving.cache import ModelCache
-from app.serving.decode import PixelBudget, decode_opened, decode_upload, open_upload
+from app.serving.decode import (
+    LANE_DECODE_BYTES,
+    PixelBudget,
+    TooLargeForLane,
+    decode_upload,
+    open_and_decode,
+    open_and_decode_small,
+)
 
 __all__ = ["decode_upload", "embed_uploads", "predict_uploads"]
 
@@ -51,71 +75,6 @@ def _check_count(files: list[tuple[str, bytes]], max_files: int) -> None:
         )
 
 
-def _named(filename: str, exc: ServiceError) -> ServiceError:
-    exc.details = {**exc.details, "filename": filename}
-    exc.message = f"{filename}: {exc.message}"
-    return exc
-
-
-def _open_all(
-    files: list[tuple[str, bytes]], pre: Preprocessor, max_pixels: int
-) -> list[Image.Image]:
-    """Every image opened (headers read and checked, nothing decoded), before the request
-    spends any compute: one bad file fails the request, and the error names the file. All the
-    images of one request together may hold at most ``max_pixels`` (the one-image limit):
-    decoding is memory-bounded (app.serving.decode), so this bounds the CPU time one request
-    can ask for."""
-    images: list[Image.Image] = []
-    total = 0
-    try:
-        for filename, data in files:
-            try:
-                img, declared = open_upload(data, pre, max_pixels)
-            except ServiceError as exc:
-                raise _named(filename, exc) from None
-            images.append(img)
-            total += declared
-        if len(files) > 1 and total > max_pixels:
-            raise PayloadTooLarge(
-                f"the images of one request hold {total} pixels in all; the limit is "
-                f"{max_pixels} (TRANSFERLAB_MAX_IMAGE_PIXELS): send fewer or smaller images per "
-                "request",
-                code="predict_too_large",
-                details={"limit_pixels": max_pixels, "pixels": total},
-            )
-    except ServiceError:
-        for img in images:
-            img.close()
-        raise
-    return images
-
-
-def _decode_all(
-    files: list[tuple[str, bytes]],
-    images: list[Image.Image],
-    pre: Preprocessor,
-    max_pixels: int,
-    budget: PixelBudget,
-) -> list[np.ndarray]:
-    pixels: list[np.ndarray] = []
-    try:
-        for (filename, _), img in zip(files, images, strict=True):
-            try:
-                pixels.append(decode_opened(img, pre, max_pixels, budget))
-            except ServiceError as exc:
-                raise _named(filename, exc) from None
-    finally:
-        for img in images[len(pixels) :]:
-            img.close()
-    return pixels
-
-
-def _open_and_decode(
-    files: list[tuple[str, bytes]], pre: Preprocessor, max_pixels: int, budget: PixelBudget
-) -> list[np.ndarray]:
-    return _decode_all(files, _open_all(files, pre, max_pixels), pre, max_pixels, budget)
-
-
 async def _run(
     cache: ModelCache,
     model_id: str,
@@ -129,15 +88,50 @@ async def _run(
     batcher = cache.loaded(model_id)
     if batcher is None:
         batcher = await run_in_threadpool(cache.batcher, model_id, artifact_dir)
-    pixels = await run_in_threadpool(
-        _open_and_decode, files, batcher.predictor.preprocessor, max_pixels, cache.decode_budget
-    )
+    # Pixels after a worker thread decoded them; None: still encoded, for a lane to decode.
+    pixels: list[np.ndarray] | None = None
+    if sum(len(data) for _, data in files) > LANE_DECODE_BYTES:
+        pixels = await _decode_on_worker(batcher, files, max_pixels, cache.decode_budget)
     for _ in range(3):
         try:
-            return batcher, await asyncio.wrap_future(batcher.submit(kind, pixels))
+            return batcher, await _forward(batcher, kind, files, pixels, max_pixels)
         except BatcherClosed:  # evicted since the lookup: load it again
             batcher = await run_in_threadpool(cache.batcher, model_id, artifact_dir)
-    raise RuntimeError(f"model {model_id} was evicted three times while a request waited")
+        except TooLargeForLane:  # few bytes, many pixels: decode on a worker thread
+            pixels = await _decode_on_worker(batcher, files, max_pixels, cache.decode_budget)
+    raise RuntimeError(f"model {model_id}: a request gave up after three tries")
+
+
+async def _decode_on_worker(
+    batcher: Batcher, files: list[tuple[str, bytes]], max_pixels: int, budget: PixelBudget
+) -> list[np.ndarray]:
+    pre = batcher.predictor.preprocessor
+    return await run_in_threadpool(open_and_decode, files, pre, max_pixels, budget)
+
+
+async def _forward(
+    batcher: Batcher,
+    kind: Kind,
+    files: list[tuple[str, bytes]],
+    pixels: list[np.ndarray] | None,
+    max_pixels: int,
+) -> np.ndarray:
+    """The rows of the request's images from the model's lane processes (onnx predictions) or
+    its batcher's threads; a lane decodes them when ``pixels`` is None."""
+    processes = batcher.processes
+    if kind == "probabilities" and processes is not None:
+        if pixels is None:
+            return await processes.predict_files(files)
+        return await processes.predict_pixels(pixels)
+    images: Sequence[np.ndarray] | Encoded = (
+        pixels
+        if pixels is not None
+        else Encoded(
+            len(files),
+            partial(open_and_decode_small, files, batcher.predictor.preprocessor, max_pixels),
+        )
+    )
+    return await asyncio.wrap_future(batcher.submit(kind, images))
 
 
 async def predict_uploads(

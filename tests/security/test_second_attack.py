@@ -11,7 +11,7 @@ from PIL import Image
 from app.api.limits import HostAllowList
 from app.engine.inference import create_preprocessor
 from app.errors import PayloadTooLarge
-from app.serving.predict import _open_all
+from app.serving.decode import open_all
 from tests.serving.conftest import PREPROCESSING
 from worker.features import _cell
 from worker.liveness import touch
@@ -26,12 +26,12 @@ def _png(width: int, height: int) -> bytes:
 def test_a_request_of_many_large_images_is_refused_before_decoding():
     big = _png(3000, 3000)  # 9 M pixels in a few KB
     pre = create_preprocessor(PREPROCESSING)
-    opened = _open_all([("a.png", big)] * 4, pre, max_pixels=40_000_000)  # 36 M: fits
+    opened = open_all([("a.png", big)] * 4, pre, max_pixels=40_000_000)  # 36 M: fits
     assert [img.size for img in opened] == [(3000, 3000)] * 4
     for img in opened:
         img.close()
     try:
-        _open_all([("a.png", big)] * 5, pre, max_pixels=40_000_000)
+        open_all([("a.png", big)] * 5, pre, max_pixels=40_000_000)
     except PayloadTooLarge as exc:
         assert exc.code == "predict_too_large"
         assert exc.details == {"limit_pixels": 40_000_000, "pixels": 45_000_000}

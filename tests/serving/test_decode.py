@@ -72,15 +72,15 @@ def test_a_batch_equals_the_eval_transform_image_by_image(preprocessing):
          "nearest"],
 )  # fmt: skip
 def test_the_plain_pillow_steps_give_the_pixels_of_the_torchvision_steps(preprocessing):
-    """The Pillow fast path (``_ResizeCrop``) against the Compose it replaces, pixel for pixel:
-    landscape, portrait, square, already at the resize size, smaller than the crop (padded),
-    and every mode ToRGB converts."""
+    """The Pillow fast path (``app.pixels.ResizeCrop``) against the Compose it replaces, pixel
+    for pixel: landscape, portrait, square, already at the resize size, smaller than the crop
+    (padded), and every mode ToRGB converts."""
     from torchvision import transforms
 
-    from app.engine.inference import _ResizeCrop
+    from app.pixels import ResizeCrop
 
     pre = create_preprocessor(preprocessing)
-    assert isinstance(pre.pil_steps, _ResizeCrop)
+    assert isinstance(pre.pil_steps, ResizeCrop)
     steps = [s for s in create_eval_transform(preprocessing).transforms]
     reference = transforms.Compose([steps[0], *steps[1].transforms[:-2]])  # up to ToTensor
     sizes = [(28, 28), (50, 40), (33, 61), (37, 37), (36, 37), (113, 200), (640, 480), (9, 7)]
@@ -94,14 +94,14 @@ def test_the_plain_pillow_steps_give_the_pixels_of_the_torchvision_steps(preproc
 
 
 def test_other_steps_keep_the_torchvision_compose():
-    from app.engine.inference import _ResizeCrop
+    from app.pixels import ResizeCrop
 
     for preprocessing in (
         {**PREPROCESSING, "crop_mode": "border", "crop_pct": 1.0},  # ResizeKeepRatio + pad
         {**PREPROCESSING, "input_size": [3, 48, 40]},  # ResizeKeepRatio
     ):
         pre = create_preprocessor(preprocessing)
-        assert not isinstance(pre.pil_steps, _ResizeCrop)
+        assert not isinstance(pre.pil_steps, ResizeCrop)
 
 
 def test_a_large_jpeg_is_decoded_near_the_model_size():
@@ -202,3 +202,24 @@ def test_a_flood_of_huge_images_stays_within_the_decode_budget(tmp_path):
     assert result["codes"] == [200] * 8
     assert result["peak"] == 64_000_000
     assert result["growth_mib"] < 200, result
+
+
+def test_the_pillow_crop_pads_as_torchvision_does():
+    """A crop larger than the resized image (a crop_pct above 1) pads with black, centred the
+    way torchvision's center_crop pads, odd margins included."""
+    from PIL import Image as PILImage
+    from torchvision.transforms import functional as TF
+
+    from app.pixels import ResizeCrop
+
+    for size, crop in (([20], (32, 32)), ([21], (30, 25)), ([16, 24], (20, 31))):
+        steps = ResizeCrop(size, PILImage.Resampling.BILINEAR, crop)
+        img = smooth(45, 37, "RGB", seed=len(size))
+        resized = img.resize(
+            (size[-1], size[0]) if len(size) == 2 else (int(size[0] * 45 / 37), size[0]),
+            PILImage.Resampling.BILINEAR,
+        )
+        want = np.asarray(TF.center_crop(resized, list(crop)))
+        got = np.asarray(steps(img))
+        assert got.shape == want.shape == (crop[0], crop[1], 3)
+        assert np.array_equal(got, want)

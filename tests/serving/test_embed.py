@@ -131,22 +131,3 @@ def test_a_large_answer_is_built_off_the_event_loop_and_equals_small_ones(
     vectors = [e["vector"] for e in big.json()["embeddings"]]
     for i, vector in enumerate(vectors):
         assert vector == pytest.approx(small[i % len(photos)]["embeddings"][0]["vector"], abs=1e-5)
-
-
-def test_uploads_are_opened_and_decoded_off_the_event_loop(client, model_id, photos, monkeypatch):
-    """Even a tiny image: opening a PNG may unpack megabytes of text chunks."""
-    from app.serving import predict as serving
-
-    seen: list[str] = []
-    original = serving.open_upload
-
-    def recorded(*args, **kwargs):
-        seen.append(threading.current_thread().name)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(serving, "open_upload", recorded)
-    assert post(client, model_id, photos[:2]).status_code == 200
-    loop_threads = {t.name for t in threading.enumerate() if "portal" in t.name.lower()}
-    assert len(seen) == 2
-    assert all(name.startswith("AnyIO worker thread") for name in seen), seen
-    assert not set(seen) & ({"MainThread"} | loop_threads)

@@ -51,7 +51,10 @@ class GatedBackend:
 
 @pytest.fixture
 def onnx_app(settings, admin_key):
-    tuned = settings.model_copy(update={"serving_backend": "onnx", "predict_lanes": 2})
+    # Thread lanes (predictions in lane processes are tests/serving/test_lane_processes.py).
+    tuned = settings.model_copy(
+        update={"serving_backend": "onnx", "predict_lanes": 2, "predict_lane_processes": False}
+    )
     with TestClient(create_app(tuned), headers=bearer(admin_key)) as client:
         yield client
 
@@ -118,7 +121,7 @@ def test_passes_run_side_by_side_under_load_and_alone_wide(onnx_app, settings):
 def test_a_request_withdrawn_before_its_pass_is_skipped(settings):
     version = register_version(settings, "lanes", ("a", "b", "c"), onnx=True)
     # One lane, so that the withdrawn request waits behind the gated pass.
-    cache = ModelCache(1, backend="onnx", lanes=1)
+    cache = ModelCache(1, backend="onnx", lanes=1, lane_processes=False)
     batcher = cache.batcher(version["id"], version["folder"])
     gate = GatedBackend(batcher.predictor.logits)
     batcher.predictor.logits = gate

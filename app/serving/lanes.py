@@ -1,0 +1,354 @@
+"""Predictions of an onnx model in lane processes, batched on the event loop.
+
+The thread lanes of ``app.serving.batcher`` share the API process's GIL with the event loop:
+every hand-off between them, and every torch or onnxruntime call that releases and retakes the
+GIL, makes the loop and the lanes wait for each other. Here the lanes are processes
+(``app.serving.lane``: numpy, Pillow and onnxruntime, no torch) and the batching is done by the
+event loop itself, so the API process runs no Python thread per prediction at all: a request
+queues on the loop, an idle lane's task takes its share of what waits (up to ``max_batch``
+images), writes it to its process through a pipe and awaits the answer. A small request goes
+still encoded and the lane process opens and decodes it; any other was decoded on a worker
+thread (app.serving.predict). Batching works as in the thread batcher: no lane waits for a batch
+to fill, a lone request on an idle model runs ``wide`` (on lane 0, whose process has a session
+on every core), a full queue answers 503 ``overloaded`` with ``Retry-After``, and a request whose
+client went away before its pass is skipped.
+
+A lane process that dies fails the requests of its pass with 503 ``inference_failed`` and is
+started again. ``close()`` (from any thread) answers what is queued, then ends the processes.
+
+NOTE bench/serve.py measured lane processes against thread lanes (resnet10t at 64 px, 32 clients
+of one 28 x 28 PNG each, 5 alternating rounds of a prototype): 402 against 346 images/s. See
+README, Measured, Serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.errors import ServiceError
+from app.observability.metrics import INFERENCE_BATCH_IMAGES
+from app.serving.batcher import BatcherClosed, BatchStats, overloaded
+from app.serving.decode import TooLargeForLane
+from app.serving.lane import LENGTH
+
+log = logging.getLogger(__name__)
+
+Files = list[tuple[str, bytes]]
+
+
+class InferenceFailed(ServiceError):
+    status_code = 503
+    code = "inference_failed"
+
+
+@dataclass
+class _Request:
+    count: int
+    item: tuple[str, Any]  # ("files", Files) or ("pixels", N x H x W x 3 uint8)
+    future: asyncio.Future[tuple[str, Any]]  # the lane process's result (app.serving.lane)
+
+
+class _Process:
+    """One lane process and its pipes (the loop's streams once attached)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "app.serving.lane", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def wait_ready(self) -> None:
+        """Block until the process has loaded the model (a worker thread's job)."""
+        assert self.popen.stdout is not None
+        head = self.popen.stdout.read(LENGTH.size)
+        if len(head) == LENGTH.size:
+            (size,) = LENGTH.unpack(head)
+            self._check_ready(self.popen.stdout.read(size))
+            return
+        self._check_ready(b"")
+
+    async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        reader = self.reader = asyncio.StreamReader(limit=2**26, loop=loop)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), self.popen.stdout
+        )
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.streams.FlowControlMixin(loop=loop), self.popen.stdin
+        )
+        self.writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    async def exchange(self, message: Any) -> Any:
+        assert self.reader is not None and self.writer is not None
+        body = _dumps(message)
+        self.writer.write(LENGTH.pack(len(body)) + body)
+        await self.writer.drain()
+        (size,) = LENGTH.unpack(await self.reader.readexactly(LENGTH.size))
+        return _loads(await self.reader.readexactly(size))
+
+    async def ready(self) -> None:
+        assert self.reader is not None
+        (size,) = LENGTH.unpack(await self.reader.readexactly(LENGTH.size))
+        self._check_ready(await self.reader.readexactly(size))
+
+    def _check_ready(self, body: bytes) -> None:
+        status, message = _loads(body) if body else ("failed", "it exited while starting")
+        if status != "ready":
+            self.popen.kill()
+            raise RuntimeError(f"a lane process could not start: {message}")
+
+    def stop(self, timeout: float) -> None:
+        """End the process (it holds no state: its queue was answered before)."""
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _dumps(value: Any) -> bytes:
+    import pickle
+
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _loads(body: bytes) -> Any:
+    import pickle
+
+    return pickle.loads(body)
+
+
+class LaneProcesses:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        name: str,
+        lanes: int,
+        max_pixels: int,
+        max_batch: int = 64,
+        max_queued: int = 256,
+    ) -> None:
+        """Start the processes and wait until each has loaded the model (call it from a worker
+        thread: it takes a fraction of a second). ``config`` is the lane's (app.serving.lane)
+        without ``wide``; ``max_pixels`` the one-image limit (TRANSFERLAB_MAX_IMAGE_PIXELS)."""
+        self.name = name
+        self.max_pixels = max_pixels
+        self.lanes = max(1, lanes)
+        self.max_batch = max(1, max_batch)
+        self.max_queued = max(1, max_queued)
+        self.stats = BatchStats()
+        self._configs = [config | {"wide": lane == 0} for lane in range(self.lanes)]
+        self._processes = [_Process(c) for c in self._configs]
+        try:
+            for process in self._processes:
+                process.wait_ready()
+        except Exception:
+            for process in self._processes:
+                process.popen.kill()
+            raise
+        self._queue: deque[_Request] = deque()
+        self._queued_images = 0
+        self._running = 0
+        self._rate = 0.0  # images/s of one lane's recent passes (an EMA), for Retry-After
+        self._idle: dict[int, asyncio.Future[None]] = {}  # lane -> what wakes it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._paused = False
+        self._drained = threading.Event()
+        self._ready = [True] * self.lanes  # False while a lane's process starts again
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.popen.pid for p in self._processes]
+
+    @property
+    def lanes_ready(self) -> int:
+        """Lanes whose process is running (not starting again after a crash)."""
+        return sum(self._ready)
+
+    async def predict_files(self, files: Files) -> np.ndarray:
+        """The probabilities of one request's images, opened and decoded in a lane process:
+        ``TooLargeForLane`` if one of them needs more pixels than a lane decodes, the
+        ``ServiceError`` of a bad image, or ``Overloaded`` or ``BatcherClosed`` at once when the
+        request cannot queue."""
+        return await self._predict(len(files), ("files", files))
+
+    async def predict_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """``predict_files`` for images decoded already (model-sized)."""
+        return await self._predict(len(pixels), ("pixels", np.stack(list(pixels))))
+
+    async def _predict(self, count: int, item: tuple[str, Any]) -> np.ndarray:
+        if self._closed:
+            raise BatcherClosed(self.name)
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._started)
+        if self._queued_images and self._queued_images + count > self.max_queued:
+            raise overloaded(self._queued_images, self.max_queued, self._rate * self.lanes)
+        request = _Request(count, item, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._queued_images += count
+        self._wake()
+        status, value = await request.future
+        if status == "rows":
+            return value  # type: ignore[no-any-return]
+        if status == "too_large":
+            raise TooLargeForLane
+        if status == "error":
+            raise value
+        raise InferenceFailed(f"the model's lane process failed: {value}; retry")
+
+    def pause(self) -> None:
+        """Lanes take nothing until ``resume()`` (tests queue requests with it)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_all)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Answer what is queued, then end the processes (waits on another thread)."""
+        self._closed = True
+        self._paused = False
+        if self._loop is not None and self._tasks:
+            try:
+                self._loop.call_soon_threadsafe(self._wake_all)
+            except RuntimeError:  # the loop is closed: its tasks will never run again
+                self._drained.set()
+        else:
+            self._drained.set()
+        threading.Thread(target=self._stop, args=(timeout,), daemon=True).start()
+
+    def _stop(self, timeout: float) -> None:
+        self._drained.wait(timeout)
+        for process in self._processes:
+            process.stop(5.0)
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for process in self._processes:
+            await process.attach(self._loop)
+        self._tasks = [
+            asyncio.create_task(self._lane(lane), name=f"lane-{self.name}#{lane}")
+            for lane in range(self.lanes)
+        ]
+
+    def _wake(self) -> None:
+        """Wake an idle lane, lane 0 first (its process can run a pass wide)."""
+        if self._idle and not self._paused:
+            lane = 0 if 0 in self._idle else next(iter(self._idle))
+            waiter = self._idle.pop(lane)
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        for lane in sorted(self._idle):  # lane 0 first: it takes what waits first
+            waiter = self._idle[lane]
+            if not waiter.done():
+                waiter.set_result(None)
+        self._idle.clear()
+
+    def _take(self, lane: int) -> tuple[list[_Request], bool]:
+        share = math.ceil(self._queued_images / (self.lanes - self._running))
+        limit = min(self.max_batch, max(1, share))
+        taken = [self._queue.popleft()]
+        size = taken[0].count
+        while self._queue and size + self._queue[0].count <= limit:
+            request = self._queue.popleft()
+            taken.append(request)
+            size += request.count
+        self._queued_images -= size
+        wide = lane == 0 and self._running == 0 and not self._queue
+        if self._queue:
+            self._wake()  # another lane, for the rest
+        return [r for r in taken if not r.future.cancelled()], wide
+
+    async def _lane(self, lane: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._queue or self._paused:
+                    if self._closed and not self._queue:
+                        return
+                    waiter = loop.create_future()
+                    self._idle[lane] = waiter
+                    await waiter
+                    continue
+                taken, wide = self._take(lane)
+                if taken:
+                    self._running += 1
+                    try:
+                        await self._pass(lane, taken, wide)
+                    finally:
+                        self._running -= 1
+        finally:
+            if all(t.done() or t is asyncio.current_task() for t in self._tasks):
+                self._drained.set()
+
+    async def _pass(self, lane: int, taken: list[_Request], wide: bool) -> None:
+        start = time.perf_counter()
+        message = (wide, self.max_pixels, [r.item for r in taken])
+        try:
+            results = await self._processes[lane].exchange(message)
+        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+            log.error("lane process %d of model %s ended (%s); starting it again",
+                      lane, self.name, exc)  # fmt: skip
+            for r in taken:
+                if not r.future.done():
+                    r.future.set_result(("failed", "it ended during the pass"))
+            await self._restart(lane)
+            return
+        images = sum(r.count for r, (status, _) in zip(taken, results, strict=True)
+                     if status == "rows")  # fmt: skip
+        if images:
+            rate = images / max(time.perf_counter() - start, 1e-6)
+            self._rate = rate if not self._rate else 0.8 * self._rate + 0.2 * rate
+            self.stats.record(images, wide)
+            INFERENCE_BATCH_IMAGES.observe(images)
+        for r, result in zip(taken, results, strict=True):
+            if not r.future.done():
+                r.future.set_result(result)
+
+    async def _restart(self, lane: int) -> None:
+        """A new process for the lane; tried again every second until it starts (or closed)."""
+        self._ready[lane] = False
+        while not self._closed:
+            old = self._processes[lane]
+            old.popen.kill()
+            await asyncio.to_thread(old.popen.wait)
+            try:
+                process = _Process(self._configs[lane])
+                self._processes[lane] = process
+                await process.attach(asyncio.get_running_loop())
+                await process.ready()
+            except Exception:
+                log.exception("lane process %d of model %s did not start", lane, self.name)
+                await asyncio.sleep(1.0)
+                continue
+            self._ready[lane] = True
+            return
