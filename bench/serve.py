@@ -298,14 +298,24 @@ def batch_metrics(port: int, auth: dict[str, str]) -> tuple[float, float]:
     )
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of every thread of ``pid`` (the API starts its lane processes from
+    a worker thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # ended meanwhile
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, all its threads, and of its child processes (the API's lane
     processes) while they run."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    for child in children(pid):
         with contextlib.suppress(FileNotFoundError):  # ended meanwhile
-            total += cpu_seconds(int(child))
+            total += cpu_seconds(child)
     return total
 
 
@@ -469,12 +479,7 @@ def main() -> None:
                 for name, body in large_images():
                     results[name] = load(url, auth, [body], 8, args.seconds / 2, filename=name)
                 peak = memory_kib(process.pid, "VmHWM")
-                lanes = [
-                    memory_kib(int(c), "VmHWM")
-                    for c in Path(f"/proc/{process.pid}/task/{process.pid}/children")
-                    .read_text()
-                    .split()
-                ]
+                lanes = [memory_kib(c, "VmHWM") for c in children(process.pid)]
                 flood_rows.append([
                     label, f"{(peak - before) / 1024:.0f} MiB",
                     f"{len(lanes)}, {sum(lanes) / 1024:.0f} MiB" if lanes else "-",

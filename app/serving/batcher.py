@@ -159,7 +159,7 @@ class Batcher:
     def close(self, timeout: float = 30.0) -> None:
         """Answer what is queued, then stop the threads (and the lane processes)."""
         if self.processes is not None:
-            self.processes.close(timeout)
+            self.processes.close()
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -31,13 +31,15 @@ import numpy as np
 from PIL import Image
 
 from app.errors import PayloadTooLarge, ServiceError
-from app.storage.images import load_checked, open_unloaded
+from app.storage.images import ImageRejected, load_checked, open_unloaded
 
 # A request whose uploads hold at most this many bytes is opened and decoded by the inference
 # lane that takes it, if each image decodes to at most this many pixels (then without the pixel
 # budget); any other request on a worker thread (app.serving.predict).
 LANE_DECODE_BYTES = 32 * 1024
 LANE_DECODE_PIXELS = 1024 * 1024
+
+_FULL_SIZE = "transferlab.full_size_pixels"  # set on each image by open_upload
 
 # Modes a box resize handles; others ("P", "1", "I;16") are converted first, as ToRGB would.
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
@@ -100,7 +102,19 @@ def open_upload(data: bytes, pre: Steps, max_pixels: int) -> tuple[Image.Image, 
     if img.format in ("JPEG", "MPO"):
         # The decoder picks the largest 1/2^k scale that keeps both sides >= decode_side.
         img.draft(None, (pre.decode_side, pre.decode_side))
+    cost = img.width * img.height
+    if img.format in ("JPEG", "MPO") and img.info.get("progressive"):
+        # libjpeg keeps the coefficients of every declared pixel of a progressive JPEG whatever
+        # the scale (2 bytes x 3 channels: 417 bytes declaring 8,192 x 8,192 took 400 MB).
+        cost = 2 * declared
+    img.info[_FULL_SIZE] = cost
     return img, declared
+
+
+def full_size_pixels(img: Image.Image) -> int:
+    """What decoding ``img`` (from ``open_upload``) holds, in pixels of 4 bytes: its size as it
+    decodes, or twice its declared size for a progressive JPEG."""
+    return int(img.info.get(_FULL_SIZE, img.width * img.height))
 
 
 def decode_opened(
@@ -108,10 +122,9 @@ def decode_opened(
 ) -> np.ndarray:
     """``decode_upload`` after ``open_upload``; closes ``img``."""
     try:
-        width, height = img.size
         if budget is None:
             return _to_pixels(img, pre, max_pixels)
-        with budget.reserve(width * height):
+        with budget.reserve(full_size_pixels(img)):
             return _to_pixels(img, pre, max_pixels)
     finally:
         img.close()
@@ -129,7 +142,12 @@ def _to_pixels(img: Image.Image, pre: Steps, max_pixels: int) -> np.ndarray:
         # average (normalised units), against 0.003 with this resize and 0.001 with draft alone.
         size = (max(1, round(img.width / factor)), max(1, round(img.height / factor)))
         img = img.resize(size, Image.Resampling.BOX)
-    return pre.pixels(img)
+    try:
+        return pre.pixels(img)
+    except Exception as exc:
+        # Upright (EXIF), RGB and resize on untrusted metadata: a corrupt EXIF block raises
+        # SyntaxError, struct.error or TypeError from Pillow. The image is bad, not the server.
+        raise ImageRejected(f"the image cannot be converted ({type(exc).__name__}: {exc})") from exc
 
 
 def named(filename: str, exc: ServiceError) -> ServiceError:
@@ -203,10 +221,10 @@ def open_and_decode_small(
     files: list[tuple[str, bytes]], pre: Steps, max_pixels: int
 ) -> list[np.ndarray]:
     """``open_and_decode`` for an inference lane: every image at most ``LANE_DECODE_PIXELS``
-    at the size it decodes to (a JPEG's reduced size), which then needs no pixel budget: a
-    lane never waits for other requests' decodes. ``TooLargeForLane`` otherwise."""
+    at the size it decodes to (``full_size_pixels``), which then needs no pixel budget: a lane
+    never waits for other requests' decodes. ``TooLargeForLane`` otherwise."""
     images = open_all(files, pre, max_pixels)
-    if any(img.width * img.height > LANE_DECODE_PIXELS for img in images):
+    if any(full_size_pixels(img) > LANE_DECODE_PIXELS for img in images):
         for img in images:
             img.close()
         raise TooLargeForLane

@@ -22,7 +22,9 @@ Reading end of file on stdin (the parent closed it, or died) ends the process.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 import struct
 import sys
 from dataclasses import dataclass
@@ -135,6 +137,8 @@ class Lane:
 
 
 def main(config: dict[str, Any], stdin: BinaryIO, stdout: BinaryIO) -> None:
+    # Ctrl+C in the API's terminal reaches the API, which drains and then ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         lane = Lane(config)
     except Exception as exc:
@@ -145,5 +149,14 @@ def main(config: dict[str, Any], stdin: BinaryIO, stdout: BinaryIO) -> None:
         write_frame(stdout, lane.run(*message))
 
 
+def _protocol_stdout() -> BinaryIO:
+    """The frames' own copy of stdout; file descriptor 1 then goes to stderr, so that whatever
+    a library prints cannot corrupt a frame."""
+    sys.stdout.flush()
+    frames = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    return frames
+
+
 if __name__ == "__main__":
-    main(json.loads(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+    main(json.loads(sys.argv[1]), sys.stdin.buffer, _protocol_stdout())

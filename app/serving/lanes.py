@@ -24,9 +24,13 @@ README, Measured, Serving.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import math
+import os
+import pickle
+import select
 import subprocess
 import sys
 import threading
@@ -48,6 +52,10 @@ log = logging.getLogger(__name__)
 
 Files = list[tuple[str, bytes]]
 
+START_TIMEOUT_S = 60.0  # a lane process loads its model within this, or it failed
+PASS_TIMEOUT_S = 300.0  # a pass (64 images on one core) answers within this, or its lane hangs
+DRAIN_TIMEOUT_S = 30.0  # a closed model's lanes answer what is queued within this
+
 
 class InferenceFailed(ServiceError):
     status_code = 503
@@ -65,23 +73,30 @@ class _Process:
     """One lane process and its pipes (the loop's streams once attached)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        # A session of its own: a Ctrl+C or a signal to the API's process group does not end it
+        # while the API drains (the API ends it then). Without the API's settings (the database
+        # URL), and -P: nothing from the working directory on its import path.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFERLAB_")}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "app.serving.lane", json.dumps(config)],
+            [sys.executable, "-P", "-m", "app.serving.lane", json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
         )
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout: float) -> None:
         """Block until the process has loaded the model (a worker thread's job)."""
         assert self.popen.stdout is not None
-        head = self.popen.stdout.read(LENGTH.size)
+        ready, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        head = self.popen.stdout.read(LENGTH.size) if ready else b""
         if len(head) == LENGTH.size:
             (size,) = LENGTH.unpack(head)
             self._check_ready(self.popen.stdout.read(size))
             return
-        self._check_ready(b"")
+        self._check_ready(b"" if ready else None)
 
     async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.popen.stdin is not None and self.popen.stdout is not None
@@ -95,23 +110,34 @@ class _Process:
         self.writer = asyncio.StreamWriter(transport, protocol, None, loop)
 
     async def exchange(self, message: Any) -> Any:
-        assert self.reader is not None and self.writer is not None
+        assert self.writer is not None
         body = _dumps(message)
         self.writer.write(LENGTH.pack(len(body)) + body)
         await self.writer.drain()
-        (size,) = LENGTH.unpack(await self.reader.readexactly(LENGTH.size))
-        return _loads(await self.reader.readexactly(size))
+        return _loads(await self._read())
 
     async def ready(self) -> None:
+        self._check_ready(await asyncio.wait_for(self._read(), START_TIMEOUT_S))
+
+    async def _read(self) -> bytes:
         assert self.reader is not None
         (size,) = LENGTH.unpack(await self.reader.readexactly(LENGTH.size))
-        self._check_ready(await self.reader.readexactly(size))
+        return await self.reader.readexactly(size)
 
-    def _check_ready(self, body: bytes) -> None:
-        status, message = _loads(body) if body else ("failed", "it exited while starting")
+    def _check_ready(self, body: bytes | None) -> None:
+        if body is None:
+            status, message = "failed", f"it did not answer within {START_TIMEOUT_S:.0f} s"
+        elif not body:
+            status, message = "failed", "it exited while starting"
+        else:
+            status, message = _loads(body)
         if status != "ready":
-            self.popen.kill()
+            self.kill()
             raise RuntimeError(f"a lane process could not start: {message}")
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
 
     def stop(self, timeout: float) -> None:
         """End the process (it holds no state: its queue was answered before)."""
@@ -119,20 +145,41 @@ class _Process:
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
+            self.kill()
 
 
 def _dumps(value: Any) -> bytes:
-    import pickle
-
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _loads(body: bytes) -> Any:
-    import pickle
+def _error_types() -> list[type]:
+    """ServiceError and every subclass defined so far (what a lane's decoding raises)."""
+    found: list[type] = [ServiceError]
+    for cls in found:
+        found.extend(cls.__subclasses__())
+    return found
 
-    return pickle.loads(body)
+
+class _Unpickler(pickle.Unpickler):
+    """Only what a lane process answers: tuples, strings, numbers, numpy arrays and the service's
+    errors. The lane parses untrusted images with native decoders; should one of them be
+    exploited, a pickle naming any other callable is refused instead of run in the API."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module.split(".")[0], name) in _NUMPY or (module, name) in _errors():
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a lane process answered {module}.{name}")
+
+
+_NUMPY = {("numpy", name) for name in ("_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar")}
+
+
+def _errors() -> set[tuple[str, str]]:
+    return {(cls.__module__, cls.__name__) for cls in _error_types()}
+
+
+def _loads(body: bytes) -> Any:
+    return _Unpickler(io.BytesIO(body)).load()
 
 
 class LaneProcesses:
@@ -156,13 +203,15 @@ class LaneProcesses:
         self.max_queued = max(1, max_queued)
         self.stats = BatchStats()
         self._configs = [config | {"wide": lane == 0} for lane in range(self.lanes)]
-        self._processes = [_Process(c) for c in self._configs]
+        self._processes: list[_Process] = []
         try:
+            for lane_config in self._configs:
+                self._processes.append(_Process(lane_config))
             for process in self._processes:
-                process.wait_ready()
-        except Exception:
+                process.wait_ready(START_TIMEOUT_S)
+        except BaseException:
             for process in self._processes:
-                process.popen.kill()
+                process.kill()
             raise
         self._queue: deque[_Request] = deque()
         self._queued_images = 0
@@ -206,7 +255,15 @@ class LaneProcesses:
             raise BatcherClosed(self.name)
         if self._started is None:
             self._started = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._started)
+        started = self._started
+        try:
+            await asyncio.shield(started)
+        except Exception:
+            if self._started is started:  # the next request tries again
+                self._started = None
+            raise
+        if self._closed:  # closed while the lanes started: nothing will take the request
+            raise BatcherClosed(self.name)
         if self._queued_images and self._queued_images + count > self.max_queued:
             raise overloaded(self._queued_images, self.max_queued, self._rate * self.lanes)
         request = _Request(count, item, asyncio.get_running_loop().create_future())
@@ -231,21 +288,23 @@ class LaneProcesses:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_all)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Answer what is queued, then end the processes (waits on another thread)."""
+    def close(self) -> None:
+        """Answer what is queued, then end the processes; never blocks (from any thread: an
+        evicting worker thread or the event loop at shutdown). The lanes get
+        ``DRAIN_TIMEOUT_S`` to answer what is queued."""
         self._closed = True
         self._paused = False
-        if self._loop is not None and self._tasks:
+        if self._loop is not None:  # started, or starting: its lane tasks drain the queue
             try:
                 self._loop.call_soon_threadsafe(self._wake_all)
             except RuntimeError:  # the loop is closed: its tasks will never run again
                 self._drained.set()
         else:
             self._drained.set()
-        threading.Thread(target=self._stop, args=(timeout,), daemon=True).start()
+        threading.Thread(target=self._stop, name=f"lanes-stop-{self.name}", daemon=True).start()
 
-    def _stop(self, timeout: float) -> None:
-        self._drained.wait(timeout)
+    def _stop(self) -> None:
+        self._drained.wait(DRAIN_TIMEOUT_S)
         for process in self._processes:
             process.stop(5.0)
 
@@ -314,10 +373,17 @@ class LaneProcesses:
         start = time.perf_counter()
         message = (wide, self.max_pixels, [r.item for r in taken])
         try:
-            results = await self._processes[lane].exchange(message)
-        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-            log.error("lane process %d of model %s ended (%s); starting it again",
-                      lane, self.name, exc)  # fmt: skip
+            exchange = self._processes[lane].exchange(message)
+            results = await asyncio.wait_for(exchange, PASS_TIMEOUT_S)
+            if not (
+                isinstance(results, list)
+                and len(results) == len(taken)
+                and all(isinstance(r, tuple) and len(r) == 2 for r in results)
+            ):
+                raise ValueError(f"{len(taken)} requests, an answer of another shape")
+        except Exception as exc:  # it died, hung, or answered garbage: a new process
+            log.error("lane process %d of model %s failed (%s: %s); starting it again",
+                      lane, self.name, type(exc).__name__, exc)  # fmt: skip
             for r in taken:
                 if not r.future.done():
                     r.future.set_result(("failed", "it ended during the pass"))
@@ -338,9 +404,7 @@ class LaneProcesses:
         """A new process for the lane; tried again every second until it starts (or closed)."""
         self._ready[lane] = False
         while not self._closed:
-            old = self._processes[lane]
-            old.popen.kill()
-            await asyncio.to_thread(old.popen.wait)
+            await asyncio.to_thread(self._processes[lane].kill)
             try:
                 process = _Process(self._configs[lane])
                 self._processes[lane] = process

@@ -121,7 +121,8 @@ def load_checked(img: Image.Image, max_pixels: int) -> None:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             img.close()
             raise _rejected(f"the image is too large to decode safely ({exc})") from exc
-        except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError) as exc:
+            # TypeError: TIFF decoders on some malformed tags.
             img.close()
             raise _rejected(f"the image is truncated or corrupt ({exc})") from exc
 

@@ -91,3 +91,80 @@ def test_a_bad_image_fails_its_own_request_not_the_pass(client, settings, model_
     for got, want in zip([probabilities(r)[0] for r in responses[::2]], alone, strict=True):
         assert got == pytest.approx(want, abs=1e-5)
     assert batcher_of(client, settings, model_id).queued_images == 0
+
+
+def _progressive_bomb(side: int) -> bytes:
+    """A progressive JPEG of a few hundred bytes declaring side x side pixels: one AC-only scan
+    per channel whose end-of-band runs cover every block (libjpeg still keeps coefficients for
+    all of them, whatever the scale it decodes to)."""
+    import struct
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+
+    channels = 3
+    out = b"\xff\xd8" + segment(0xDB, b"\x00" + bytes([1] * 64))
+    components = b"".join(bytes([i + 1, 0x11, 0]) for i in range(channels))
+    frame = bytes([8]) + struct.pack(">HH", side, side) + bytes([channels]) + components
+    out += segment(0xC2, frame)
+    out += segment(0xC4, bytes([0x10]) + bytes([1] + [0] * 15) + bytes([0xE0]))
+    blocks = (side // 8) ** 2
+    bits = ("0" + "1" * 14) * -(-blocks // 32767)
+    bits += "1" * (-len(bits) % 8)
+    data = bytearray()
+    for i in range(0, len(bits), 8):
+        data.append(int(bits[i : i + 8], 2))
+        if data[-1] == 0xFF:
+            data.append(0)
+    for c in range(channels):
+        out += segment(0xDA, bytes([1, c + 1, 0x00, 1, 63, 0x00])) + bytes(data)
+    return out + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_counts_its_declared_pixels_not_its_scaled_ones():
+    """libjpeg holds a progressive JPEG's coefficients at full size even when it decodes at 1/8
+    (the review's 417-byte file declaring 8,192 x 8,192 took 400 MB in a lane): its decode
+    costs twice its declared pixels, so it is no lane's and it reserves the whole budget."""
+    from app.engine.inference import create_preprocessor
+    from tests.serving.conftest import PREPROCESSING
+
+    pre = create_preprocessor(PREPROCESSING)
+    bomb = _progressive_bomb(8192)
+    assert len(bomb) < 1024
+    img, declared = serving.open_upload(bomb, pre, 10**9)
+    assert declared == 8192 * 8192 and img.size[0] < 8192  # drafted
+    assert serving.full_size_pixels(img) == 2 * declared
+    img.close()
+    with pytest.raises(serving.TooLargeForLane):
+        serving.open_and_decode_small([("bomb.jpg", bomb)], pre, 10**9)
+    # A baseline JPEG of the same size costs its drafted size only.
+    buf = io.BytesIO()
+    Image.new("RGB", (2048, 2048), (10, 20, 30)).save(buf, format="JPEG")
+    img, declared = serving.open_upload(buf.getvalue(), pre, 10**9)
+    assert serving.full_size_pixels(img) == img.width * img.height < declared
+    img.close()
+    buf = io.BytesIO()
+    Image.new("RGB", (2048, 2048), (10, 20, 30)).save(buf, format="JPEG", progressive=True)
+    img, declared = serving.open_upload(buf.getvalue(), pre, 10**9)
+    assert serving.full_size_pixels(img) == 2 * declared
+    img.close()
+
+
+def _corrupt_exif_webp() -> bytes:
+    """A WebP whose EXIF block does not start with a TIFF header: Pillow opens and decodes it,
+    then raises SyntaxError when the upright step reads the orientation."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(buf, format="WEBP", exif=exif)
+    data = buf.getvalue()
+    assert data.count(b"MM\x00*") + data.count(b"II*\x00") == 1
+    return data.replace(b"MM\x00*", b"1M\x00*").replace(b"II*\x00", b"1I*\x00")
+
+
+def test_an_image_with_corrupt_metadata_is_a_422_with_its_name(client, model_id):
+    bad = _corrupt_exif_webp()
+    r = post(client, model_id, [png(np.zeros((8, 8, 3), np.uint8)), bad])
+    assert r.status_code == 422, r.text
+    assert error_code(r) == "image_invalid"
+    assert r.json()["error"]["details"]["filename"] == "1.img"

@@ -234,3 +234,97 @@ def test_a_lane_process_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_model_closed_while_its_lanes_start_refuses_instead_of_hanging(settings, version):
+    """close() (an eviction, from a worker thread) may come while the first request is
+    starting the lanes: that request must get BatcherClosed (the route loads the model again),
+    not wait forever on a queue no lane reads."""
+    from app.serving.batcher import BatcherClosed
+
+    cache = ModelCache(1, backend="onnx", lanes=1)
+    processes = cache.batcher(version["id"], version["folder"]).processes
+    assert processes is not None
+    pixels = [np.zeros((32, 32, 3), np.uint8)]
+
+    async def scenario():
+        request = asyncio.ensure_future(processes.predict_pixels(pixels))
+        await asyncio.sleep(0)  # the request is starting the lanes
+        await asyncio.to_thread(processes.close)
+        with pytest.raises(BatcherClosed):
+            await asyncio.wait_for(request, 30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cache.close()
+
+
+def test_closing_a_model_answers_what_is_queued(settings, version):
+    """An evicted or deleted model's lanes answer the requests queued on them (the cache closes
+    it without waiting), then its processes end."""
+    cache = ModelCache(1, backend="onnx", lanes=2)
+    processes = cache.batcher(version["id"], version["folder"]).processes
+    assert processes is not None
+    pixels = [np.zeros((32, 32, 3), np.uint8)]
+
+    async def scenario():
+        processes.pause()
+        requests = [asyncio.ensure_future(processes.predict_pixels(pixels)) for _ in range(3)]
+        while processes.queued_images < 3:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(processes.close)
+        return await asyncio.wait_for(asyncio.gather(*requests), 30)
+
+    try:
+        answers = asyncio.run(scenario())
+        assert [a.shape for a in answers] == [(1, 3)] * 3
+        popens = [p.popen for p in processes._processes]
+        wait_until(lambda: all(p.poll() is not None for p in popens), "the processes end")
+    finally:
+        cache.close()
+
+
+def test_ctrl_c_does_not_reach_the_lane_processes(client, version):
+    """They run in a session of their own and ignore SIGINT: a Ctrl+C (or a signal to the API's
+    process group) reaches the API, which drains and then ends them."""
+    processes = processes_of(client, version)
+    assert scores(post(client, [png(1)]))
+    for pid in processes.pids:
+        assert os.getsid(pid) == pid != os.getsid(0)
+        os.kill(pid, signal.SIGINT)
+    responses = queued(client, processes, [[png(s)] for s in range(4)])
+    assert all(r.status_code == 200 for r in responses)
+    assert all(p.popen.poll() is None for p in processes._processes)
+
+
+def test_the_api_refuses_a_lane_answer_that_names_other_code():
+    """The parent unpickles only arrays, tuples and the service's errors from a lane process."""
+    import pickle
+
+    from app.serving.lanes import _dumps, _loads
+    from app.storage.images import ImageRejected
+
+    rows = np.arange(6, dtype=np.float32).reshape(2, 3)
+    error = ImageRejected("a.png: bad", details={"filename": "a.png"})
+    (status, got), (_, err) = _loads(_dumps([("rows", rows[1:]), ("error", error)]))
+    assert status == "rows" and np.array_equal(got, rows[1:])
+    assert (err.code, err.status_code, err.details) == ("image_invalid", 422, error.details)
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    with pytest.raises(pickle.UnpicklingError, match="system"):
+        _loads(pickle.dumps([("rows", Exploit())]))
+
+
+def test_an_image_with_corrupt_metadata_is_a_422_with_its_name_in_a_lane_process(client, version):
+    from tests.serving.test_lane_decode import _corrupt_exif_webp
+
+    processes = processes_of(client, version)
+    r = post(client, [png(1), _corrupt_exif_webp()])
+    assert r.status_code == 422, r.text
+    assert processes.stats.batches == 0  # refused by the lane, before any pass
+    assert error_code(r) == "image_invalid"
+    assert r.json()["error"]["details"]["filename"] == "1.png"
