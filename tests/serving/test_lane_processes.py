@@ -328,3 +328,18 @@ def test_an_image_with_corrupt_metadata_is_a_422_with_its_name_in_a_lane_process
     assert processes.stats.batches == 0  # refused by the lane, before any pass
     assert error_code(r) == "image_invalid"
     assert r.json()["error"]["details"]["filename"] == "1.png"
+
+
+def test_the_lane_normalisation_gives_the_bits_of_totensor_and_normalize():
+    from app.engine.inference import create_preprocessor
+    from app.serving.lane import normalisation_table, normalise
+    from tests.serving.conftest import PREPROCESSING
+
+    pre = create_preprocessor(PREPROCESSING)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)
+    pixels[0, 0, 0] = (0, 255, 128)
+    table = normalisation_table(pre.mean.flatten().tolist(), pre.std.flatten().tolist())
+    got = normalise(table, pixels)
+    want = pre.batch(list(pixels)).contiguous().numpy()  # the thread lanes' torch path
+    assert got.shape == want.shape == (5, 3, 17, 23) and got.flags.c_contiguous
+    assert np.array_equal(got, want)
