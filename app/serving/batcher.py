@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import numpy as np
 
@@ -91,6 +91,29 @@ class BatchStats:
         self.images += images
         self.largest = max(self.largest, images)
         self.sizes.append(images)
+
+
+class _Counted(Protocol):
+    count: int  # images
+
+
+R = TypeVar("R", bound=_Counted)
+
+
+def take_share(
+    queue: deque[R], queued: int, idle_lanes: int, max_batch: int
+) -> tuple[list[R], int]:
+    """An idle lane's share of what waits, and its images: whole requests in order, up to the
+    queued images divided among the idle lanes (at least one request), at most ``max_batch``
+    images unless the first request alone has more. The rest is left to the other lanes."""
+    limit = min(max_batch, max(1, math.ceil(queued / idle_lanes)))
+    taken = [queue.popleft()]
+    size = taken[0].count
+    while queue and size + queue[0].count <= limit:
+        request = queue.popleft()
+        taken.append(request)
+        size += request.count
+    return taken, size
 
 
 def overloaded(queued: int, max_queued: int, rate: float) -> Overloaded:
@@ -183,15 +206,9 @@ class Batcher:
             self._cond.wait_for(lambda: self._queue or self._closed)
             if not self._queue:
                 return None
-            # An idle lane takes its share of what waits and leaves the rest to the others.
-            share = math.ceil(self._queued_images / (self.lanes - self._running))
-            limit = min(self.max_batch, max(1, share))
-            taken = [self._queue.popleft()]
-            size = taken[0].count
-            while self._queue and size + self._queue[0].count <= limit:
-                request = self._queue.popleft()
-                taken.append(request)
-                size += request.count
+            taken, size = take_share(
+                self._queue, self._queued_images, self.lanes - self._running, self.max_batch
+            )
             self._queued_images -= size
             wide = self._running == 0 and not self._queue
             self._running += 1

@@ -27,7 +27,6 @@ import asyncio
 import io
 import json
 import logging
-import math
 import os
 import pickle
 import select
@@ -44,7 +43,7 @@ import numpy as np
 
 from app.errors import ServiceError
 from app.observability.metrics import INFERENCE_BATCH_IMAGES
-from app.serving.batcher import BatcherClosed, BatchStats, overloaded
+from app.serving.batcher import BatcherClosed, BatchStats, overloaded, take_share
 from app.serving.decode import TooLargeForLane
 from app.serving.lane import LENGTH
 
@@ -333,14 +332,9 @@ class LaneProcesses:
         self._idle.clear()
 
     def _take(self, lane: int) -> tuple[list[_Request], bool]:
-        share = math.ceil(self._queued_images / (self.lanes - self._running))
-        limit = min(self.max_batch, max(1, share))
-        taken = [self._queue.popleft()]
-        size = taken[0].count
-        while self._queue and size + self._queue[0].count <= limit:
-            request = self._queue.popleft()
-            taken.append(request)
-            size += request.count
+        taken, size = take_share(
+            self._queue, self._queued_images, self.lanes - self._running, self.max_batch
+        )
         self._queued_images -= size
         wide = lane == 0 and self._running == 0 and not self._queue
         if self._queue:

@@ -16,7 +16,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from app.engine import load_artifact, predict
 from app.main import create_app
 from app.serving import decode
 from app.serving.cache import ModelCache
+from app.serving.lanes import LaneProcesses
 from tests.api.conftest import bearer, error_code
 from tests.api.registry_helpers import png, register_version
 from tests.serving.conftest import wait_until
@@ -80,6 +83,18 @@ def queued(client, processes, requests: list[list[bytes]]):
             return [f.result() for f in futures]
     finally:
         processes.resume()
+
+
+@contextmanager
+def lanes_of(version, lanes: int) -> Iterator[LaneProcesses]:
+    """The lane processes of ``version`` outside an app (the test runs its own event loop)."""
+    cache = ModelCache(1, backend="onnx", lanes=lanes)
+    try:
+        processes = cache.batcher(version["id"], version["folder"]).processes
+        assert processes is not None
+        yield processes
+    finally:
+        cache.close()
 
 
 def assert_close(got: dict[str, float], want: dict[str, float]) -> None:
@@ -201,12 +216,9 @@ def test_shutdown_ends_the_lane_processes(settings, admin_key, version):
 
 
 def test_a_withdrawn_request_is_skipped(settings, version):
-    cache = ModelCache(1, backend="onnx", lanes=1)
-    processes = cache.batcher(version["id"], version["folder"]).processes
-    assert processes is not None
     pixels = [np.zeros((32, 32, 3), np.uint8)]
 
-    async def scenario():
+    async def scenario(processes):
         processes.pause()
         first = asyncio.ensure_future(processes.predict_pixels(pixels))
         withdrawn = asyncio.ensure_future(processes.predict_pixels(pixels * 3))
@@ -217,14 +229,12 @@ def test_a_withdrawn_request_is_skipped(settings, version):
         processes.resume()
         return await first, await kept, withdrawn
 
-    try:
-        first, kept, withdrawn = asyncio.run(scenario())
+    with lanes_of(version, lanes=1) as processes:
+        first, kept, withdrawn = asyncio.run(scenario(processes))
         assert first.shape == (1, 3) and kept.shape == (2, 3)
         assert withdrawn.cancelled()
         assert list(processes.stats.sizes) == [3]  # one pass, without the withdrawn images
         assert processes.queued_images == 0
-    finally:
-        cache.close()
 
 
 def test_a_lane_process_imports_no_torch():
@@ -242,33 +252,25 @@ def test_a_model_closed_while_its_lanes_start_refuses_instead_of_hanging(setting
     not wait forever on a queue no lane reads."""
     from app.serving.batcher import BatcherClosed
 
-    cache = ModelCache(1, backend="onnx", lanes=1)
-    processes = cache.batcher(version["id"], version["folder"]).processes
-    assert processes is not None
     pixels = [np.zeros((32, 32, 3), np.uint8)]
 
-    async def scenario():
+    async def scenario(processes):
         request = asyncio.ensure_future(processes.predict_pixels(pixels))
         await asyncio.sleep(0)  # the request is starting the lanes
         await asyncio.to_thread(processes.close)
         with pytest.raises(BatcherClosed):
             await asyncio.wait_for(request, 30)
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        cache.close()
+    with lanes_of(version, lanes=1) as processes:
+        asyncio.run(scenario(processes))
 
 
 def test_closing_a_model_answers_what_is_queued(settings, version):
     """An evicted or deleted model's lanes answer the requests queued on them (the cache closes
     it without waiting), then its processes end."""
-    cache = ModelCache(1, backend="onnx", lanes=2)
-    processes = cache.batcher(version["id"], version["folder"]).processes
-    assert processes is not None
     pixels = [np.zeros((32, 32, 3), np.uint8)]
 
-    async def scenario():
+    async def scenario(processes):
         processes.pause()
         requests = [asyncio.ensure_future(processes.predict_pixels(pixels)) for _ in range(3)]
         while processes.queued_images < 3:
@@ -276,13 +278,11 @@ def test_closing_a_model_answers_what_is_queued(settings, version):
         await asyncio.to_thread(processes.close)
         return await asyncio.wait_for(asyncio.gather(*requests), 30)
 
-    try:
-        answers = asyncio.run(scenario())
+    with lanes_of(version, lanes=2) as processes:
+        answers = asyncio.run(scenario(processes))
         assert [a.shape for a in answers] == [(1, 3)] * 3
         popens = [p.popen for p in processes._processes]
         wait_until(lambda: all(p.poll() is not None for p in popens), "the processes end")
-    finally:
-        cache.close()
 
 
 def test_ctrl_c_does_not_reach_the_lane_processes(client, version):
