@@ -19,7 +19,9 @@ one core): resnet10t at 64 px 210 -> 243 with the API's CPU per image 7.9 -> 5.8
 at 112 px 79 -> 93; a lone request on a lane's session instead of the wide one was slower
 (resnet18: p50 17 -> 24 ms), hence ``wide``. bench/serve.py has the figures of record (README,
 Serving). The price is memory: ``lanes + 1`` sessions per model (resnet18: about 30 MB each).
-Eager torch's threads are process-wide, so ``torch`` runs one pass at a time.
+Eager torch's threads are process-wide, so ``torch`` runs one pass at a time. An onnx model
+whose predictions run in lane processes (app.serving.lanes, the default) never calls
+``forward`` here: this process then holds no session (``load()`` is not called).
 
 A batcher calls ``forward`` with a CPU float32 batch (N x 3 x H x W, the card's preprocessing
 applied) and gets logits (N x classes) back on the CPU or the model's device.
@@ -68,14 +70,27 @@ class OnnxBackend:
     def __init__(self, path: Path, lanes: int = 1) -> None:
         self.path = path
         self.lanes = max(1, lanes)
-        self._wide = create_onnx_session(path)  # loads now: a broken file fails the load
+        self._wide: Any = None  # made by load(), or by the first wide pass
         # Each lane's session gets its share of the cores: one each on a 2-core machine.
         self.lane_threads = max(1, usable_cpus() // self.lanes)
         self._lean: dict[int, Any] = {}  # thread id -> its session, made on first use
         self._lock = threading.Lock()
 
+    def load(self) -> None:
+        """Make the every-core session now: a broken file fails the model's load. Not called
+        when the model's predictions run in lane processes (app.serving.lanes), which load the
+        file themselves: then this process holds no session of it."""
+        with self._lock:
+            if self._wide is None:
+                self._wide = create_onnx_session(self.path)
+
     def forward(self, batch: torch.Tensor, wide: bool = True) -> torch.Tensor:
-        session = self._wide if wide or self.lanes == 1 else self._lean_session()
+        if wide or self.lanes == 1:
+            if self._wide is None:
+                self.load()
+            session = self._wide
+        else:
+            session = self._lean_session()
         return torch.from_numpy(run_onnx(session, batch))
 
     def _lean_session(self) -> Any:

@@ -99,12 +99,15 @@ class ModelCache:
                 max_batch=self.max_batch,
                 max_queued=self.max_queued,
             )
-            if self.lane_processes:
-                try:
+            try:
+                if self.lane_processes:
                     batcher.processes = self._lane_processes(key, batcher.predictor)
-                except Exception:
-                    batcher.close(timeout=0)
-                    raise
+                logits = batcher.predictor.logits
+                if batcher.processes is None and isinstance(logits, OnnxBackend):
+                    logits.load()
+            except Exception:
+                batcher.close(timeout=0)
+                raise
             with self._lock:
                 if key in self._deleted or self._closed:  # deleted or shut down while it loaded
                     batcher.close(timeout=0)

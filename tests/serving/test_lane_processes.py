@@ -343,3 +343,45 @@ def test_the_lane_normalisation_gives_the_bits_of_totensor_and_normalize():
     want = pre.batch(list(pixels)).contiguous().numpy()  # the thread lanes' torch path
     assert got.shape == want.shape == (5, 3, 17, 23) and got.flags.c_contiguous
     assert np.array_equal(got, want)
+
+
+def lane_children() -> set[int]:
+    """This process's child processes (of any thread), zombies included."""
+    found = set()
+    for task in os.scandir(f"/proc/{os.getpid()}/task"):
+        with open(f"{task.path}/children") as f:
+            found |= {int(pid) for pid in f.read().split()}
+    return found
+
+
+@pytest.mark.parametrize("lane_processes", [True, False], ids=["processes", "threads"])
+def test_a_broken_onnx_file_fails_the_load_and_leaves_nothing_running(
+    settings, version, lane_processes
+):
+    from app.engine.onnx import ONNX_FILE
+
+    (version["folder"] / ONNX_FILE).write_bytes(b"not an onnx graph")
+    cache = ModelCache(1, backend="onnx", lanes=2, lane_processes=lane_processes)
+    before = set(threading.enumerate())
+    lanes_before = lane_children()
+    try:
+        with pytest.raises(Exception) as err:
+            cache.batcher(version["id"], version["folder"])
+        if lane_processes:
+            assert "a lane process could not start" in str(err.value)
+        assert len(cache) == 0
+        assert lane_children() <= lanes_before  # ended and reaped (no zombie)
+        wait_until(
+            lambda: {t for t in threading.enumerate() if t.name.startswith("inference-")} <= before,
+            "the model's inference threads stop",
+        )
+    finally:
+        cache.close()
+
+
+def test_with_lane_processes_the_api_holds_no_onnx_session(client, version):
+    processes_of(client, version)
+    batcher = client.app.state.model_cache.batcher(version["id"], version["folder"])
+    assert batcher.predictor.logits._wide is None and batcher.predictor.logits._lean == {}
+    assert scores(post(client, [png(1)]))
+    assert batcher.predictor.logits._wide is None
