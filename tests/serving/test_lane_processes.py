@@ -349,9 +349,20 @@ def lane_children() -> set[int]:
     """This process's child processes (of any thread), zombies included."""
     found = set()
     for task in os.scandir(f"/proc/{os.getpid()}/task"):
-        with open(f"{task.path}/children") as f:
-            found |= {int(pid) for pid in f.read().split()}
+        try:
+            with open(f"{task.path}/children") as f:
+                found |= {int(pid) for pid in f.read().split()}
+        except FileNotFoundError:  # a thread that ended meanwhile (its children moved on)
+            pass
     return found
+
+
+def describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmd:
+            return f"{stat.read()[:80]} {cmd.read()[:120]!r}"
+    except FileNotFoundError:
+        return "gone"
 
 
 @pytest.mark.parametrize("lane_processes", [True, False], ids=["processes", "threads"])
@@ -370,7 +381,8 @@ def test_a_broken_onnx_file_fails_the_load_and_leaves_nothing_running(
         if lane_processes:
             assert "a lane process could not start" in str(err.value)
         assert len(cache) == 0
-        assert lane_children() <= lanes_before  # ended and reaped (no zombie)
+        left = lane_children() - lanes_before
+        assert not left, {pid: describe(pid) for pid in left}  # ended and reaped (no zombie)
         wait_until(
             lambda: {t for t in threading.enumerate() if t.name.startswith("inference-")} <= before,
             "the model's inference threads stop",
