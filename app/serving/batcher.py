@@ -1,5 +1,10 @@
 """Adaptive batching across requests: inference threads (lanes) per loaded model.
 
+An onnx model's predictions do not come here: they run in lane processes
+(``app.serving.lanes``), batched the same way by the event loop. This batcher serves the torch
+backend, embeddings (from the eager model), preprocessing other than timm's resize and centre
+crop, and everything when ``TRANSFERLAB_PREDICT_LANE_PROCESSES`` is false.
+
 Requests queue their images here and get a future. The model's inference thread takes
 everything that is waiting, up to ``max_batch`` images, runs one forward pass, and hands each
 request its rows. It never waits for a batch to fill: a lone request runs at once, and batches
