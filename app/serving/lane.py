@@ -27,8 +27,9 @@ import pickle
 import signal
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -69,18 +70,24 @@ def normalise(table: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return x
 
 
-def read_frame(stream: BinaryIO) -> Any | None:
+def read_frame(stream: IO[bytes], loads: Callable[[bytes], Any] = pickle.loads) -> Any | None:
+    """The next frame's value, or None at end of file. The parent passes a ``loads`` that
+    refuses anything but what a lane answers (app.serving.lanes)."""
     head = stream.read(LENGTH.size)
     if len(head) < LENGTH.size:
         return None
     (size,) = LENGTH.unpack(head)
     body = stream.read(size)
-    return pickle.loads(body) if len(body) == size else None
+    return loads(body) if len(body) == size else None
+
+
+def frame(value: Any) -> bytes:
+    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(body)) + body
 
 
 def write_frame(stream: BinaryIO, value: Any) -> None:
-    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(LENGTH.pack(len(body)) + body)
+    stream.write(frame(value))
     stream.flush()
 
 

@@ -24,6 +24,7 @@ README, Measured, Serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -45,7 +46,7 @@ from app.errors import ServiceError
 from app.observability.metrics import INFERENCE_BATCH_IMAGES
 from app.serving.batcher import BatcherClosed, BatchStats, overloaded, take_share
 from app.serving.decode import TooLargeForLane
-from app.serving.lane import LENGTH
+from app.serving.lane import LENGTH, frame, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,9 @@ class _Process:
         """Block until the process has loaded the model (a worker thread's job)."""
         assert self.popen.stdout is not None
         ready, _, _ = select.select([self.popen.stdout], [], [], timeout)
-        head = self.popen.stdout.read(LENGTH.size) if ready else b""
-        if len(head) == LENGTH.size:
-            (size,) = LENGTH.unpack(head)
-            self._check_ready(self.popen.stdout.read(size))
-            return
-        self._check_ready(b"" if ready else None)
+        if not ready:
+            self._check_ready(("failed", f"it did not answer within {timeout:.0f} s"))
+        self._check_ready(read_frame(self.popen.stdout, _loads))
 
     async def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.popen.stdin is not None and self.popen.stdout is not None
@@ -110,26 +108,21 @@ class _Process:
 
     async def exchange(self, message: Any) -> Any:
         assert self.writer is not None
-        body = _dumps(message)
-        self.writer.write(LENGTH.pack(len(body)) + body)
+        self.writer.write(frame(message))
         await self.writer.drain()
-        return _loads(await self._read())
+        return await self._read()
 
     async def ready(self) -> None:
         self._check_ready(await asyncio.wait_for(self._read(), START_TIMEOUT_S))
 
-    async def _read(self) -> bytes:
+    async def _read(self) -> Any:
         assert self.reader is not None
         (size,) = LENGTH.unpack(await self.reader.readexactly(LENGTH.size))
-        return await self.reader.readexactly(size)
+        return _loads(await self.reader.readexactly(size))
 
-    def _check_ready(self, body: bytes | None) -> None:
-        if body is None:
-            status, message = "failed", f"it did not answer within {START_TIMEOUT_S:.0f} s"
-        elif not body:
-            status, message = "failed", "it exited while starting"
-        else:
-            status, message = _loads(body)
+    def _check_ready(self, answer: Any) -> None:
+        """``answer``: the process's first frame; None if it exited before writing one."""
+        status, message = answer if answer is not None else ("failed", "it exited while starting")
         if status != "ready":
             self.kill()
             raise RuntimeError(f"a lane process could not start: {message}")
@@ -147,16 +140,14 @@ class _Process:
             self.kill()
 
 
-def _dumps(value: Any) -> bytes:
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _error_types() -> list[type]:
-    """ServiceError and every subclass defined so far (what a lane's decoding raises)."""
+@functools.cache
+def _error_classes() -> frozenset[tuple[str, str]]:
+    """(module, name) of ServiceError and its subclasses, taken once, when the first error is
+    answered (every error a lane's decoding raises is imported with app.serving.decode)."""
     found: list[type] = [ServiceError]
     for cls in found:
         found.extend(cls.__subclasses__())
-    return found
+    return frozenset((cls.__module__, cls.__name__) for cls in found)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -165,16 +156,12 @@ class _Unpickler(pickle.Unpickler):
     exploited, a pickle naming any other callable is refused instead of run in the API."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module.split(".")[0], name) in _NUMPY or (module, name) in _errors():
+        if (module.split(".")[0], name) in _NUMPY or (module, name) in _error_classes():
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"a lane process answered {module}.{name}")
 
 
 _NUMPY = {("numpy", name) for name in ("_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar")}
-
-
-def _errors() -> set[tuple[str, str]]:
-    return {(cls.__module__, cls.__name__) for cls in _error_types()}
 
 
 def _loads(body: bytes) -> Any:

@@ -302,12 +302,12 @@ def test_the_api_refuses_a_lane_answer_that_names_other_code():
     """The parent unpickles only arrays, tuples and the service's errors from a lane process."""
     import pickle
 
-    from app.serving.lanes import _dumps, _loads
+    from app.serving.lanes import _loads
     from app.storage.images import ImageRejected
 
     rows = np.arange(6, dtype=np.float32).reshape(2, 3)
     error = ImageRejected("a.png: bad", details={"filename": "a.png"})
-    (status, got), (_, err) = _loads(_dumps([("rows", rows[1:]), ("error", error)]))
+    (status, got), (_, err) = _loads(pickle.dumps([("rows", rows[1:]), ("error", error)]))
     assert status == "rows" and np.array_equal(got, rows[1:])
     assert (err.code, err.status_code, err.details) == ("image_invalid", 422, error.details)
 
