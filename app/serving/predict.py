@@ -18,9 +18,9 @@ to open and decode at 1 M pixels an image. A bad image fails its own request, no
 
 NOTE bench/serve.py measured the lane decode against decoding every request on a worker thread,
 with thread lanes (resnet10t at 64 px, onnx, 32 clients of one 28 x 28 PNG each, 6 alternating
-rounds): 381 against 344 images/s, the API's CPU per image about 0.4 ms less (the worker-thread
-trip cost the event loop about a tenth of its time: waking a worker thread, then the result's
-way back); with torch 300 against 271. See README, Measured, Serving.
+rounds): 381 against 344 images/s, the API's CPU per image 3.9 against 4.5 ms (medians; the
+worker-thread trip cost the event loop about a tenth of its time: waking a worker thread, then
+the result's way back); with torch 300 against 271. See README, Measured, Serving.
 
 NOTE opening and decoding stay off the loop even for tiny images: reading a PNG's header
 unpacks its text chunks (up to 64 MB per image: a 66 KB PNG of 63 zTXt chunks took 0.23 s), and
