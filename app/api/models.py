@@ -10,9 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import require_scope
 from app.api.deps import (
-    ArtifactsDep,
-    ModelCacheDep,
     ServedModel,
+    ServingDep,
     SessionDep,
     SettingsDep,
     ValidModel,
@@ -148,18 +147,17 @@ async def read_uploads(files: list[UploadFile], limit_bytes: int) -> list[tuple[
 )
 async def predict(
     model: ServedModel,
-    settings: SettingsDep,
-    artifacts: ArtifactsDep,
-    cache: ModelCacheDep,
+    serving: ServingDep,
     files: list[UploadFile] = PREDICT_FILES,
     top_k: int = Query(5, ge=1, le=1000),
 ) -> Response:
     # async: the forward pass runs on the model's inference thread and the request awaits it;
     # see app/serving/predict.py for what else runs where.
+    settings = serving.settings
     results = await predict_uploads(
-        cache,
+        serving.cache,
         str(model.id),
-        artifacts.path(model.artifact_key),
+        serving.artifacts.path(model.artifact_key),
         await read_uploads(files, settings.max_predict_bytes),
         top_k=top_k,
         max_files=settings.max_predict_files,
@@ -195,15 +193,14 @@ async def predict(
 )
 async def embed(
     model: ServedModel,
-    settings: SettingsDep,
-    artifacts: ArtifactsDep,
-    cache: ModelCacheDep,
+    serving: ServingDep,
     files: list[UploadFile] = PREDICT_FILES,
 ) -> Response:
+    settings = serving.settings
     results = await embed_uploads(
-        cache,
+        serving.cache,
         str(model.id),
-        artifacts.path(model.artifact_key),
+        serving.artifacts.path(model.artifact_key),
         await read_uploads(files, settings.max_predict_bytes),
         max_files=settings.max_predict_files,
         max_pixels=settings.max_image_pixels,
