@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table
 
 from app.engine import ModelCard, export_onnx
-from app.engine.onnx import ONNX_FILE, create_onnx_session, run_onnx
+from app.engine.onnx import ONNX_FILE, run_onnx
+from app.onnxrt import create_onnx_session
 
 MODELS = (("resnet10t", 64), ("resnet18", 112))
 BATCHES = (1, 32)

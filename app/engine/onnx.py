@@ -27,6 +27,7 @@ from torch import nn
 
 from app.engine.errors import EngineError
 from app.engine.specs import ModelCard
+from app.onnxrt import create_onnx_session
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "images"
@@ -117,21 +118,6 @@ def _export(model: nn.Module, sample: torch.Tensor, path: Path) -> str:
             assert program is not None
             program.save(str(path))
             return "dynamo"
-
-
-def create_onnx_session(path: Path, threads: int | None = None, spinning: bool = True) -> Any:
-    """An onnxruntime CPU session for ``path``; ``threads`` intra-op threads (default: ORT's, one
-    per core). ``spinning=False``: idle intra-op threads sleep instead of spin-waiting for work,
-    which leaves the cores to other threads (slower to start each parallel step, though)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: ORT warns about unused initializers
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session: Any, batch: torch.Tensor) -> np.ndarray:

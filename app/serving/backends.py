@@ -39,7 +39,8 @@ from torch import nn
 
 from app.cpu import usable_cpus
 from app.engine import torch_forward
-from app.engine.onnx import ONNX_FILE, create_onnx_session, run_onnx
+from app.engine.onnx import ONNX_FILE, run_onnx
+from app.onnxrt import create_onnx_session
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import ServiceError
+from app.onnxrt import create_onnx_session
 from app.pixels import ResizeCrop
 from app.serving.decode import TooLargeForLane, open_and_decode_small
 
@@ -91,26 +92,13 @@ def write_frame(stream: BinaryIO, value: Any) -> None:
     stream.flush()
 
 
-def create_session(path: str, threads: int | None, spinning: bool) -> Any:
-    """As ``app.engine.onnx.create_onnx_session``, which this process cannot import (torch)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 class Lane:
     def __init__(self, config: dict[str, Any]) -> None:
         self.steps = LaneSteps(ResizeCrop.from_spec(config["resize_crop"]), config["decode_side"])
         self.table = normalisation_table(config["mean"], config["std"])
-        self.lean = create_session(config["path"], config["threads"], spinning=False)
+        self.lean = create_onnx_session(config["path"], config["threads"], spinning=False)
         self.wide = (
-            create_session(config["path"], config["wide_threads"], spinning=True)
+            create_onnx_session(config["path"], config["wide_threads"], spinning=True)
             if config["wide"]
             else self.lean
         )

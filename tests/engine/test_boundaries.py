@@ -1,5 +1,6 @@
-"""app.engine is a library: no service frameworks, no other app packages (but app.pixels, the
-torch-free PIL steps it shares with serving's lane processes), no environment."""
+"""app.engine is a library: no service frameworks, no other app packages (but app.pixels and
+app.onnxrt, the torch-free image steps and onnxruntime sessions it shares with serving's lane
+processes), no environment."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def test_importing_the_engine_pulls_in_no_service_code():
         "import sys, app.engine\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'celery', 'sqlalchemy', 'worker', 'pydantic_settings'} "
-        "or (m.startswith('app.') and not m.startswith('app.engine') and m != 'app.pixels'))\n"
+        "or (m.startswith('app.') and not m.startswith('app.engine') "
+        "and m not in ('app.pixels', 'app.onnxrt')))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from app.engine import ModelCard, export_onnx, predict, predict_with
-from app.engine.onnx import ONNX_FILE, create_onnx_session, run_onnx
+from app.engine.onnx import ONNX_FILE, run_onnx
+from app.onnxrt import create_onnx_session
 
 CARD = ModelCard(
     architecture={"library": "timm", "name": "test_resnet", "num_classes": 3},
