@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import shutil
 import time
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 import app
+from app.cpu import usable_cpus
 from app.db.models import Dataset, Job, JobStatus, ModelVersion
 from app.db.repositories import jobs as jobs_repo
 from app.db.repositories import models as models_repo
@@ -154,12 +154,13 @@ def _run_claimed(
 def loader_workers(settings: Settings) -> int:
     """TRANSFERLAB_LOADER_WORKERS, or by device: on a GPU the model waits for decoded images
     (an H200 trained resnet18 at 112 px at 2,842 images/s with 4 workers and 5,042 with 12, its
-    step alone does 13,821), so every core but one decodes; on CPU the cores also train: 2, the
+    step alone does 13,821), so every core but one that the worker may use (affinity, a
+    container's CPU quota) decodes; on CPU the cores also train: 2, the
     setting bench/speed.py and bench/cpu_settings.py measured."""
     if settings.loader_workers is not None:
         return settings.loader_workers
     if resolve_device(settings.device).type == "cuda":
-        return max(2, (os.cpu_count() or 2) - 1)
+        return max(2, usable_cpus() - 1)
     return 2
 
 
