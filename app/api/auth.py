@@ -16,9 +16,9 @@ import threading
 import time
 
 import anyio
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import FastAPI, Request, Security
 from fastapi.params import Depends as DependsParam
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.limits import send_error
@@ -30,11 +30,6 @@ from app.services.keys import Principal
 
 log = logging.getLogger(__name__)
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="ApiKey",
-    description="An API key: `Authorization: Bearer tl_...` (`transferlab keys create`)",
-)
 # How often a key's last_used_at is written at most: not on every request.
 TOUCH_EVERY_S = 60.0
 
@@ -49,19 +44,25 @@ class InsufficientScope(ServiceError):
     code = "insufficient_scope"
 
 
-class _ScopeCheck:
-    """The dependency behind ``require_scope``: the scope it needs is an attribute."""
+class _ScopeCheck(HTTPBearer):
+    """The dependency behind ``require_scope``: the bearer scheme itself (so OpenAPI documents
+    it), with the scope it needs as an attribute.
+
+    NOTE the scheme itself rather than a dependency on an ``HTTPBearer``: FastAPI solves every
+    dependency on every request, and the sub-dependency cost each request about 25 us of the
+    event loop's time (a prediction's route costs about 0.6 ms)."""
 
     def __init__(self, scope: str) -> None:
+        super().__init__(
+            auto_error=False,
+            scheme_name="ApiKey",
+            description="An API key: `Authorization: Bearer tl_...` (`transferlab keys create`)",
+        )
         self.scope = scope
 
     # async: it only reads request.state, and FastAPI would run a plain def in its threadpool
     # (a hand-off there and back on every request; see app/api/deps.py).
-    async def __call__(
-        self,
-        request: Request,
-        _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-    ) -> Principal:
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is None:  # the middleware lets no such request through; never trust that
             raise Unauthenticated("this endpoint needs an API key")
